@@ -1,0 +1,297 @@
+"""A throwaway Kubernetes control plane (etcd + kube-apiserver) on loopback.
+
+Used by the integration tests and ``make demo``. The binaries come from
+``KUBEBUILDER_ASSETS`` when set (the envtest convention), otherwise from
+``hack/controlplane/build.sh``, which builds pinned versions from Go modules
+into a cache outside the work tree.
+
+There is no scheduler, kubelet or controller-manager: Pods are never run,
+owned objects are never garbage-collected, namespaces never finish deleting.
+
+Run ``python hack/localcluster.py up`` to keep one running until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import secrets
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+CRD_DIR = ROOT / "crds"
+REQUIRED = ("kube-apiserver", "etcd", "kubectl")
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane could not be built or started."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Binaries:
+    kube_apiserver: pathlib.Path
+    etcd: pathlib.Path
+    kubectl: pathlib.Path
+    helm: pathlib.Path | None
+
+    @property
+    def bin_dir(self) -> pathlib.Path:
+        return self.kubectl.parent
+
+
+def find_binaries() -> Binaries:
+    """Locate (or build once, then reuse) the control-plane binaries."""
+    assets = os.environ.get("KUBEBUILDER_ASSETS")
+    if assets:
+        directory = pathlib.Path(assets)
+        missing = [name for name in REQUIRED if not (directory / name).is_file()]
+        if missing:
+            raise ControlPlaneError(f"KUBEBUILDER_ASSETS={assets} lacks {', '.join(missing)}")
+        helm = directory / "helm" if (directory / "helm").is_file() else shutil.which("helm")
+        return Binaries(
+            directory / "kube-apiserver",
+            directory / "etcd",
+            directory / "kubectl",
+            pathlib.Path(helm) if helm else None,
+        )
+    built = subprocess.run(
+        ["bash", str(HERE / "controlplane" / "build.sh")], check=False, stdout=subprocess.PIPE, text=True
+    )
+    if built.returncode != 0:
+        raise ControlPlaneError(f"hack/controlplane/build.sh failed with exit code {built.returncode}")
+    directory = pathlib.Path(built.stdout.strip().splitlines()[-1])
+    return Binaries(
+        directory / "kube-apiserver", directory / "etcd", directory / "kubectl", directory / "helm"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _terminate(process: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
+class LocalCluster:
+    """etcd and kube-apiserver on loopback, with an admin kubeconfig and the CRDs applied."""
+
+    def __init__(self, workdir: pathlib.Path, binaries: Binaries, *, audit: bool = False) -> None:
+        self.workdir = workdir
+        self.binaries = binaries
+        self.audit_log = workdir / "audit.log" if audit else None
+        self.kubeconfig = workdir / "kubeconfig"
+        self.token = secrets.token_hex(16)
+        self.etcd_port = _free_port()
+        self.etcd_peer_port = _free_port()
+        self.apiserver_port = _free_port()
+        self.server = f"https://127.0.0.1:{self.apiserver_port}"
+        self._etcd: subprocess.Popen[bytes] | None = None
+        self._apiserver: subprocess.Popen[bytes] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def start(self, *, timeout: float = 120.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._write_identity()
+        self._start_etcd()
+        self.start_apiserver(timeout=timeout)
+        self._write_kubeconfig()
+        self.apply_crds()
+
+    def stop(self) -> None:
+        _terminate(self._apiserver)
+        _terminate(self._etcd)
+
+    def start_apiserver(self, *, timeout: float = 120.0) -> None:
+        """Start kube-apiserver (again) and wait until /readyz answers ok."""
+        log = (self.workdir / "kube-apiserver.log").open("ab")
+        self._apiserver = subprocess.Popen(
+            [str(self.binaries.kube_apiserver), *self._apiserver_flags()],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._wait_ready(timeout)
+
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver only; etcd keeps the data for a later restart."""
+        _terminate(self._apiserver)
+        self._apiserver = None
+
+    # --- access ---------------------------------------------------------------------
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run the pinned kubectl against this cluster as the admin."""
+        result = subprocess.run(
+            [str(self.binaries.kubectl), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    def apply_crds(self) -> None:
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+
+    def version(self) -> str:
+        """The API server's gitVersion, such as ``v1.35.4``."""
+        return str(json.loads(self._get("/version"))["gitVersion"])
+
+    # --- internals ------------------------------------------------------------------
+
+    def _write_identity(self) -> None:
+        key = self.workdir / "sa.key"
+        if not key.exists():
+            subprocess.run(
+                ["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True
+            )
+        (self.workdir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
+
+    def _start_etcd(self) -> None:
+        client = f"http://127.0.0.1:{self.etcd_port}"
+        peer = f"http://127.0.0.1:{self.etcd_peer_port}"
+        log = (self.workdir / "etcd.log").open("ab")
+        self._etcd = subprocess.Popen(
+            [
+                str(self.binaries.etcd),
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=default={peer}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def _apiserver_flags(self) -> list[str]:
+        flags = [
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={self.apiserver_port}",
+            f"--cert-dir={self.workdir / 'certs'}",
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={self.workdir / 'sa.key'}",
+            f"--service-account-signing-key-file={self.workdir / 'sa.key'}",
+            f"--token-auth-file={self.workdir / 'tokens.csv'}",
+            "--authorization-mode=RBAC",
+            "--disable-admission-plugins=ServiceAccount",
+            "--allow-privileged=true",
+            "--v=0",
+        ]
+        if self.audit_log is not None:
+            policy = self.workdir / "audit-policy.yaml"
+            # Metadata of every write: enough to count writes per verb and resource.
+            policy.write_text(
+                "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\n"
+                "rules:\n- level: None\n  verbs: [get, list, watch]\n- level: Metadata\n"
+            )
+            flags += [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-mode=blocking"]
+        return flags
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        # kube-apiserver writes a self-signed serving certificate into --cert-dir.
+        return ssl.create_default_context(cafile=str(self.workdir / "certs" / "apiserver.crt"))
+
+    def _get(self, path: str) -> str:
+        request = urllib.request.Request(self.server + path, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, context=self._ssl_context(), timeout=5) as response:
+            return str(response.read().decode())
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last_error = "no answer yet"
+        while time.monotonic() < deadline:
+            for name, process in (("etcd", self._etcd), ("kube-apiserver", self._apiserver)):
+                if process is not None and process.poll() is not None:
+                    raise ControlPlaneError(f"{name} exited with {process.returncode}; see {self.workdir}/{name}.log")
+            try:
+                if self._get("/readyz") == "ok":
+                    return
+            except (OSError, ssl.SSLError) as error:  # not listening yet, or cert not written yet
+                last_error = str(error)
+            time.sleep(0.2)
+        raise ControlPlaneError(f"kube-apiserver not ready after {timeout:.0f}s: {last_error}")
+
+    def _write_kubeconfig(self) -> None:
+        ca = self.workdir / "certs" / "apiserver.crt"
+        self.kubeconfig.write_text(
+            "apiVersion: v1\nkind: Config\n"
+            f"clusters:\n- name: local\n  cluster:\n    server: {self.server}\n    certificate-authority: {ca}\n"
+            f"users:\n- name: admin\n  user:\n    token: {self.token}\n"
+            "contexts:\n- name: local\n  context:\n    cluster: local\n    user: admin\n"
+            "current-context: local\n"
+        )
+
+
+@contextlib.contextmanager
+def running(workdir: pathlib.Path | None = None, *, audit: bool = False) -> Iterator[LocalCluster]:
+    """A started cluster for the duration of the block; always stopped afterwards."""
+    binaries = find_binaries()
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="agentrun-cluster-")))
+        cluster = LocalCluster(workdir, binaries, audit=audit)
+        stack.callback(cluster.stop)
+        cluster.start()
+        yield cluster
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start a cluster and keep it running until interrupted")
+    up.add_argument("--dir", type=pathlib.Path, default=ROOT / ".demo" / "cluster")
+    sub.add_parser("binaries", help="build or locate the binaries and print their directory")
+    args = parser.parse_args(argv)
+    if args.command == "binaries":
+        print(find_binaries().bin_dir)
+        return 0
+    shutil.rmtree(args.dir, ignore_errors=True)
+    with running(args.dir) as cluster:
+        print(f"kube-apiserver {cluster.version()} ready at {cluster.server}")
+        print(f"export KUBECONFIG={cluster.kubeconfig}")
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""agentrun: a Kubernetes operator that runs AI agent requests as AgentRun resources."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The AgentRun API: pydantic models and the CRD generated from them."""

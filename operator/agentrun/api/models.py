@@ -1,0 +1,363 @@
+"""The AgentRun API as pydantic models.
+
+These models are the API: the CRD schema, ``kubectl explain`` and the docs are
+generated from them (see :mod:`agentrun.api.crd`). Python attributes are
+snake_case; the wire format is camelCase, as Kubernetes APIs are.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import alias_generators
+
+from agentrun.api import schema_hints
+
+GROUP = "agentrun.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "AgentRun"
+PLURAL = "agentruns"
+SINGULAR = "agentrun"
+SHORT_NAMES = ("ar",)
+CATEGORIES = ("agents",)
+
+FINALIZER = f"{GROUP}/finalizer"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "agentrun-operator"
+RUN_LABEL = f"{GROUP}/run"
+
+# Layer names with a fixed role in every composition.
+MODEL_LAYER = "llm"
+OUTPUT_LAYER = "output"
+
+MAX_LAYERS = 32
+
+
+def _timestamp(value: datetime.datetime) -> str:
+    return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+Timestamp = Annotated[
+    datetime.datetime,
+    pydantic.PlainSerializer(_timestamp, return_type=str, when_used="json"),
+    pydantic.Field(json_schema_extra={"format": "date-time"}),
+]
+
+
+class ApiModel(pydantic.BaseModel):
+    """Base for every API object: camelCase on the wire, described fields."""
+
+    model_config = pydantic.ConfigDict(
+        alias_generator=alias_generators.to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=False,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready mapping as the API server stores it (no unset optionals)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# --- spec -------------------------------------------------------------------------
+
+
+class SecretKeyRef(ApiModel):
+    """A key in a Secret in the run's namespace."""
+
+    name: str = pydantic.Field(description="Name of the Secret.", min_length=1, max_length=253)
+    key: str = pydantic.Field(description="Key within the Secret's data.", min_length=1, max_length=253)
+
+
+class Layer(ApiModel):
+    """One typed layer of a composition, entered in order."""
+
+    name: str = pydantic.Field(
+        description=(
+            "Layer name, unique within the composition. `llm` is reserved for the model layer "
+            "and `output` for the structured-output layer."
+        ),
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    )
+    type: str = pydantic.Field(
+        description=(
+            "Registered layer type id, such as `plain.prompt`, `model.openai`, `model.echo` or "
+            "`agentrun.output`. Unknown types fail the run, not the admission."
+        ),
+        min_length=1,
+        max_length=253,
+    )
+    config: dict[str, Any] = pydantic.Field(
+        default_factory=dict,
+        description=(
+            "Type-specific configuration, validated by the layer type when the run starts. "
+            "Credentials are never inline: model layers take `apiKeySecretRef`."
+        ),
+        json_schema_extra=schema_hints.open_object(
+            forbidden_keys={
+                "apiKey": "an inline apiKey is not allowed: reference a Secret with apiKeySecretRef",
+                "api_key": "an inline api_key is not allowed: reference a Secret with apiKeySecretRef",
+            }
+        ),
+    )
+
+
+class Composition(ApiModel):
+    """The ordered graph of typed layers that makes up the agent."""
+
+    layers: list[Layer] = pydantic.Field(
+        description="Layers in the order they are entered. Names are unique.",
+        min_length=1,
+        max_length=MAX_LAYERS,
+        json_schema_extra=schema_hints.map_list("name"),
+    )
+
+
+class LifecycleState(enum.StrEnum):
+    """Where a layer is in its session lifecycle."""
+
+    NEW = "new"
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    CLOSED = "closed"
+
+
+class LayerSnapshot(ApiModel):
+    """The saved state of one layer between runs."""
+
+    name: str = pydantic.Field(description="Name of the layer this state belongs to.", min_length=1)
+    lifecycle_state: LifecycleState = pydantic.Field(
+        description="`suspended` layers resume; `closed` and `active` layers cannot be entered."
+    )
+    runtime_state: dict[str, Any] = pydantic.Field(
+        default_factory=dict,
+        description="Layer-specific state, such as the model conversation history.",
+        json_schema_extra=schema_hints.open_object(),
+    )
+
+
+class SessionSnapshot(ApiModel):
+    """What a follow-up run passes to continue a previous run's session."""
+
+    schema_version: Literal[1] = pydantic.Field(1, description="Snapshot format version. Only 1 exists.")
+    layers: list[LayerSnapshot] = pydantic.Field(
+        description="One entry per composition layer, in the composition's order."
+    )
+
+
+class SessionExit(enum.StrEnum):
+    """What the layers do when the run ends."""
+
+    SUSPEND = "suspend"
+    CLOSE = "close"
+
+
+class RunnerMode(enum.StrEnum):
+    """Where the agent executes."""
+
+    TASK = "task"
+    POD = "pod"
+
+
+class RunnerSpec(ApiModel):
+    """How the run is executed."""
+
+    mode: RunnerMode = pydantic.Field(
+        RunnerMode.TASK,
+        description="`task` runs the agent inside the operator; `pod` runs each attempt in its own Pod.",
+    )
+
+
+class AgentRunSpec(ApiModel):
+    """The desired agent run. The operator never changes the spec."""
+
+    composition: Composition = pydantic.Field(description="The layers that make up the agent.")
+    session_snapshot: SessionSnapshot | None = pydantic.Field(
+        None,
+        description="Continue a previous run's session: pass that run's `status.sessionSnapshot`.",
+    )
+    session_exit: SessionExit = pydantic.Field(
+        SessionExit.SUSPEND,
+        description=(
+            "`suspend` (default) leaves a snapshot a follow-up run can resume; "
+            "`close` ends the session so no run can continue it."
+        ),
+    )
+    runner: RunnerSpec = pydantic.Field(
+        default_factory=RunnerSpec, description="Where and how the agent executes."
+    )
+    timeout_seconds: int | None = pydantic.Field(
+        None,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="Wall-clock deadline from admission; the run fails with `DeadlineExceeded` past it.",
+    )
+
+
+# --- status -----------------------------------------------------------------------
+
+
+class Phase(enum.StrEnum):
+    """The coarse state of a run, for humans; machines read the conditions."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.CANCELLED)
+
+
+class Reason(enum.StrEnum):
+    """Machine-readable cause, in `status.reason` and the `Succeeded` condition."""
+
+    PENDING = "Pending"
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    INVALID_REQUEST = "InvalidRequest"
+    MODEL_ERROR = "ModelError"
+    OUTPUT_INVALID = "OutputInvalid"
+    OUTPUT_TOO_LARGE = "OutputTooLarge"
+    CREDENTIALS_UNAVAILABLE = "CredentialsUnavailable"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    CANCELLED = "Cancelled"
+    OPERATOR_SHUTDOWN = "OperatorShutdown"
+    OPERATOR_RESTARTED = "OperatorRestarted"
+    POD_FAILED = "PodFailed"
+    INTERNAL_ERROR = "InternalError"
+
+
+class ConditionStatus(enum.StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+CONDITION_SUCCEEDED = "Succeeded"
+
+
+class Condition(ApiModel):
+    """A metav1.Condition."""
+
+    type: str = pydantic.Field(description="Condition type. `Succeeded` summarises the run.")
+    status: ConditionStatus = pydantic.Field(description="`True`, `False` or `Unknown` (still running).")
+    reason: str = pydantic.Field(description="CamelCase cause of the last transition.")
+    message: str = pydantic.Field("", description="Human-readable detail of the last transition.")
+    last_transition_time: Timestamp = pydantic.Field(description="When the status last changed.")
+    observed_generation: int | None = pydantic.Field(
+        None, description="The `metadata.generation` this condition was computed from."
+    )
+
+
+class Usage(ApiModel):
+    """Model usage accumulated over the run."""
+
+    requests: int = pydantic.Field(0, ge=0, description="Model requests made.")
+    input_tokens: int = pydantic.Field(0, ge=0, description="Prompt tokens consumed.")
+    output_tokens: int = pydantic.Field(0, ge=0, description="Completion tokens produced.")
+
+
+class EventType(enum.StrEnum):
+    RUN_STARTED = "run_started"
+    RUN_SUCCEEDED = "run_succeeded"
+    RUN_FAILED = "run_failed"
+    RUN_CANCELLED = "run_cancelled"
+    MODEL_REQUEST = "model_request"
+    TOOL_CALL = "tool_call"
+
+
+class RunEvent(ApiModel):
+    """One entry of the run's event stream."""
+
+    id: int = pydantic.Field(ge=1, description="Strictly increasing within the run, starting at 1.")
+    type: str = pydantic.Field(description="Event type, such as `run_started` or `run_failed`.")
+    time: Timestamp = pydantic.Field(description="When the event happened.")
+    data: dict[str, Any] | None = pydantic.Field(
+        None, description="Event payload.", json_schema_extra=schema_hints.open_object()
+    )
+
+
+class ContentRef(ApiModel):
+    """Where a payload too large for the status is stored instead."""
+
+    kind: Literal["ConfigMap", "Secret"] = pydantic.Field(description="Kind of the owned object.")
+    name: str = pydantic.Field(description="Name of the object, in the run's namespace.")
+    key: str = pydantic.Field(description="Key holding the JSON payload.")
+    size_bytes: int = pydantic.Field(ge=0, description="Size of the stored JSON.")
+
+
+class RunnerStatus(ApiModel):
+    """Which operator instance executes the run, and its liveness."""
+
+    mode: RunnerMode = pydantic.Field(description="How the run is executed.")
+    instance: str = pydantic.Field(description="Identity of the operator instance that owns the run.")
+    heartbeat_time: Timestamp | None = pydantic.Field(
+        None, description="Last time the owner confirmed the run is alive."
+    )
+
+
+class AgentRunStatus(ApiModel):
+    """The observed state of a run. Written only by the operator."""
+
+    model_config = pydantic.ConfigDict(extra="ignore")
+
+    phase: Phase = pydantic.Field(Phase.PENDING, description="Pending, Running, Succeeded, Failed or Cancelled.")
+    conditions: list[Condition] = pydantic.Field(
+        default_factory=list,
+        description="Latest observations. `Succeeded` is `Unknown` while running.",
+        json_schema_extra=schema_hints.map_list("type"),
+    )
+    reason: str | None = pydantic.Field(
+        None, description="Machine-readable cause of the phase, such as `Queued` or `DeadlineExceeded`."
+    )
+    message: str | None = pydantic.Field(None, description="Human-readable error or detail.")
+    start_time: Timestamp | None = pydantic.Field(None, description="When the run was admitted.")
+    completion_time: Timestamp | None = pydantic.Field(None, description="When the run became terminal.")
+    output: Any = pydantic.Field(
+        None,
+        description="The result: JSON when the composition has an output layer, else text.",
+        json_schema_extra=schema_hints.any_value(),
+    )
+    output_ref: ContentRef | None = pydantic.Field(
+        None, description="Set instead of `output` when the output is too large for the status."
+    )
+    usage: Usage | None = pydantic.Field(None, description="Model usage of the run.")
+    session_snapshot: SessionSnapshot | None = pydantic.Field(
+        None, description="Pass to `spec.sessionSnapshot` of a follow-up run to continue the session."
+    )
+    session_snapshot_ref: ContentRef | None = pydantic.Field(
+        None, description="Set instead of `sessionSnapshot` when the snapshot is too large for the status."
+    )
+    events: list[RunEvent] = pydantic.Field(
+        default_factory=list, description="The newest events, oldest first; the ring drops the oldest."
+    )
+    event_count: int = pydantic.Field(0, ge=0, description="Events emitted in total, including dropped ones.")
+    runner: RunnerStatus | None = pydantic.Field(None, description="The executing operator instance.")
+    observed_generation: int | None = pydantic.Field(
+        None, description="The `metadata.generation` the status reflects."
+    )
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+class AgentRun(ApiModel):
+    """An AI agent request, executed by the agentrun operator."""
+
+    model_config = pydantic.ConfigDict(extra="ignore")
+
+    api_version: Literal["agentrun.dev/v1alpha1"] = pydantic.Field(API_VERSION, description="API version.")
+    kind: Literal["AgentRun"] = pydantic.Field(KIND, description="Kind.")
+    metadata: dict[str, Any] = pydantic.Field(default_factory=dict, description="Standard object metadata.")
+    spec: AgentRunSpec = pydantic.Field(description="The desired run.")
+    status: AgentRunStatus = pydantic.Field(default_factory=AgentRunStatus, description="The observed run.")

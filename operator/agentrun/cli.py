@@ -1,0 +1,178 @@
+"""The ``agentrun`` command (also ``kubectl agentrun`` as a kubectl plugin).
+
+Subcommands:
+
+- ``operator``: run the operator (flags and ``AGENTRUN_*`` variables, see ``--help``);
+- ``crd``: print, write or check the generated CustomResourceDefinition;
+- ``events NAME``: print a run's events, optionally following them until the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import pathlib
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from agentrun import __version__
+from agentrun.api import crd, models
+
+# Exit codes of `agentrun events`, so scripts can tell how a run ended.
+EXIT_SUCCEEDED = 0
+EXIT_FAILED = 1
+EXIT_CANCELLED = 3
+EXIT_NOT_FINISHED = 4
+EXIT_NOT_FOUND = 5
+EXIT_ERROR = 6
+
+PHASE_EXIT_CODES = {
+    models.Phase.SUCCEEDED: EXIT_SUCCEEDED,
+    models.Phase.FAILED: EXIT_FAILED,
+    models.Phase.CANCELLED: EXIT_CANCELLED,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="agentrun", description="Run AI agent requests as Kubernetes resources.")
+    parser.add_argument("--version", action="version", version=f"agentrun {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser(
+        "operator", help="run the operator (see 'agentrun operator --help')", add_help=False
+    )
+    crd_parser = commands.add_parser("crd", help="print, write or check the AgentRun CRD")
+    crd_mode = crd_parser.add_mutually_exclusive_group()
+    crd_mode.add_argument("--output", "-o", type=pathlib.Path, help="write the CRD to this file")
+    crd_mode.add_argument("--check", type=pathlib.Path, metavar="FILE", help="exit 1 if FILE differs from the models")
+    events_parser = commands.add_parser(
+        "events",
+        help="print a run's events",
+        description=(
+            "Print a run's events. Exit code: 0 Succeeded, 1 Failed, 3 Cancelled, "
+            "4 not finished (without --follow), 5 not found, 6 API error."
+        ),
+    )
+    events_parser.add_argument("name", help="AgentRun name")
+    events_parser.add_argument("-n", "--namespace", default=None, help="namespace (default: the kubeconfig's)")
+    events_parser.add_argument("-f", "--follow", action="store_true", help="keep printing until the run ends")
+    events_parser.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
+
+    if argv[:1] == ["operator"]:
+        return run_operator(argv[1:])
+    args = parser.parse_args(argv)
+    if args.command == "crd":
+        return _crd(args.output, args.check)
+    return asyncio.run(_events(args.name, args.namespace, follow=args.follow, output=args.output))
+
+
+def run_operator(argv: Sequence[str]) -> int:
+    """Run the operator until SIGTERM/SIGINT; returns the process exit code."""
+    # Imported here so `agentrun crd` and `agentrun events` stay light.
+    import kopf
+
+    from agentrun import handlers, settings
+
+    config = settings.Settings(_cli_parse_args=list(argv))  # type: ignore[call-arg]
+    log_format = kopf.LogFormat.JSON if config.log_format is settings.LogFormat.JSON else kopf.LogFormat.PLAIN
+    kopf.configure(log_format=log_format, log_refkey="object")
+    logging.getLogger().setLevel(config.log_level.upper())
+    # Per-request lines from the HTTP stack add nothing an operator can act on.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    context = handlers.OperatorContext(settings=config)
+    liveness = f"http://0.0.0.0:{config.liveness_port}/healthz" if config.liveness_port else None
+    asyncio.run(
+        kopf.operator(
+            registry=handlers.build_registry(),
+            memo=kopf.Memo(context=context),
+            clusterwide=not config.namespaces,
+            namespaces=config.namespaces,
+            liveness_endpoint=liveness,
+            standalone=True,
+        )
+    )
+    return 0
+
+
+def _crd(output: pathlib.Path | None, check: pathlib.Path | None) -> int:
+    text = crd.render()
+    if check is not None:
+        if check.read_text() != text:
+            print(f"{check} is out of date: run 'make crds'", file=sys.stderr)
+            return 1
+        return 0
+    if output is not None:
+        output.write_text(text)
+        return 0
+    sys.stdout.write(text)
+    return 0
+
+
+def _detail(event: dict[str, Any]) -> str:
+    data = event.get("data") or {}
+    parts = []
+    for key in ("reason", "message", "request", "tool", "output", "outputRef", "usage"):
+        if key in data:
+            value = data[key]
+            shown = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+            parts.append(f"{key}={shown}")
+    text = " ".join(parts)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+async def _events(name: str, namespace: str | None, *, follow: bool, output: str) -> int:
+    from agentrun.kube import connection, store as kube_store
+    from agentrun.runtime import store
+
+    try:
+        conn = await connection.connect()
+    except Exception as error:  # any kubeconfig problem is reported the same way
+        print(f"error: cannot load Kubernetes configuration: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    namespace = namespace or _current_namespace()
+    printed = 0
+    if output == "table":
+        print(f"{'ID':>4}  {'TIME':<27}  {'TYPE':<14}  DETAIL")
+    try:
+        async for body in kube_store.watch_run(conn.api, namespace, name):
+            status = (body.get("status") or {})
+            for event in status.get("events") or []:
+                if event["id"] <= printed:
+                    continue
+                if event["id"] > printed + 1 and output == "table":
+                    print(f"{'':>4}  ({event['id'] - printed - 1} older events dropped from the ring)")
+                printed = event["id"]
+                if output == "json":
+                    print(json.dumps(event, separators=(",", ":")), flush=True)
+                else:
+                    print(f"{event['id']:>4}  {event['time']:<27}  {event['type']:<14}  {_detail(event)}", flush=True)
+            phase = models.Phase(status.get("phase", models.Phase.PENDING.value))
+            if phase.terminal:
+                return PHASE_EXIT_CODES[phase]
+            if not follow:
+                return EXIT_NOT_FINISHED
+        print(f"error: AgentRun {namespace}/{name} was deleted", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except store.NotFound:
+        print(f"error: AgentRun {namespace}/{name} not found", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except store.StoreError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        await conn.close()
+
+
+def _current_namespace() -> str:
+    """The namespace of the kubeconfig's current context, as kubectl picks it."""
+    from kubernetes_asyncio.config import kube_config
+
+    try:
+        _, context = kube_config.list_kube_config_contexts()
+    except Exception:  # no kubeconfig, or one without contexts: kubectl falls back to default too
+        return "default"
+    return str(context.get("context", {}).get("namespace") or "default")

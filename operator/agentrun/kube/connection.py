@@ -1,0 +1,30 @@
+"""One authenticated client to the API server, in-cluster or from a kubeconfig."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from kubernetes_asyncio import client, config
+
+# Enough parallel requests for a burst of admissions without opening a socket per run.
+CONNECTION_POOL_SIZE = 64
+
+
+@dataclasses.dataclass
+class Connection:
+    api: client.ApiClient
+
+    async def close(self) -> None:
+        await self.api.close()
+
+
+async def connect() -> Connection:
+    """Use the Pod's ServiceAccount in a cluster, else ``$KUBECONFIG`` or ``~/.kube/config``."""
+    configuration = client.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        await config.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = CONNECTION_POOL_SIZE
+    return Connection(client.ApiClient(configuration))

@@ -1,0 +1,42 @@
+"""Map API-server and transport errors onto the store's error classes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterator
+
+import aiohttp
+from kubernetes_asyncio.client import exceptions
+
+from agentrun.runtime import store
+
+
+def _api_message(error: exceptions.ApiException) -> str:
+    try:
+        return str(json.loads(error.body or "{}").get("message") or error.reason)
+    except (ValueError, AttributeError):
+        return str(error.reason)
+
+
+@contextlib.contextmanager
+def translated(action: str) -> Iterator[None]:
+    """Re-raise whatever ``action`` hits as Conflict, NotFound, Forbidden or Unavailable."""
+    try:
+        yield
+    except exceptions.ApiException as error:
+        message = f"{action}: {_api_message(error)}"
+        match error.status:
+            case 409:
+                raise store.Conflict(message) from error
+            case 404 | 410:
+                raise store.NotFound(message) from error
+            case 401 | 403:
+                raise store.Forbidden(message) from error
+            case 422 | 400:
+                raise store.Rejected(message) from error
+            case _:
+                raise store.Unavailable(message) from error
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+        raise store.Unavailable(f"{action}: {type(error).__name__}: {error}") from error

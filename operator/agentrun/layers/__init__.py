@@ -1,0 +1,1 @@
+"""Layer types, their registry, and the compositor that runs a composition as an agent."""

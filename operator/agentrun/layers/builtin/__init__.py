@@ -1,0 +1,1 @@
+"""The layer types shipped with the operator, registered through entry points like any other."""

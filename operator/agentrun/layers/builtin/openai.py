@@ -1,0 +1,64 @@
+"""``model.openai``: any OpenAI-compatible Chat Completions endpoint, through pydantic-ai."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+from pydantic_ai.models import openai as ai_openai
+from pydantic_ai.providers import openai_compatible
+
+from agentrun.api import models
+from agentrun.layers import base
+from agentrun.layers.builtin import model
+
+# The openai SDK retries 429/5xx on its own, for up to a minute with retry-after; the run's
+# deadline and the operator's classification are the better place for that decision.
+SDK_RETRIES = 0
+
+
+class ModelSettingsConfig(base.LayerConfig):
+    temperature: float | None = pydantic.Field(None, ge=0, le=2, description="Sampling temperature.")
+    max_tokens: int | None = pydantic.Field(None, ge=1, description="Most tokens in one answer.")
+    top_p: float | None = pydantic.Field(None, ge=0, le=1, description="Nucleus sampling mass.")
+    seed: int | None = pydantic.Field(None, description="Seed for providers that support reproducible sampling.")
+    timeout_seconds: float | None = pydantic.Field(None, gt=0, description="Timeout of one model request.")
+
+    def to_pydantic_ai(self) -> dict[str, Any]:
+        settings: dict[str, Any] = {
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "top_p": self.top_p,
+            "seed": self.seed,
+            "timeout": self.timeout_seconds,
+        }
+        return {key: value for key, value in settings.items() if value is not None}
+
+
+class OpenAIConfig(base.LayerConfig):
+    model: str = pydantic.Field(min_length=1, description="Model name as the endpoint knows it.")
+    base_url: str = pydantic.Field(
+        "https://api.openai.com/v1", alias="baseURL", description="Base URL of the Chat Completions API."
+    )
+    api_key_secret_ref: models.SecretKeyRef | None = pydantic.Field(
+        None, description="Secret key holding the API key. Omit for endpoints without authentication."
+    )
+    settings: ModelSettingsConfig = pydantic.Field(default_factory=ModelSettingsConfig)
+
+
+class OpenAILayer(model.ModelLayer):
+    """A chat model behind an OpenAI-compatible endpoint; the key comes from a Secret."""
+
+    type_id = "model.openai"
+    config_model = OpenAIConfig
+    config: OpenAIConfig
+
+    async def provide(self, plan: base.AgentPlan, context: base.RunContext) -> None:
+        ref = self.config.api_key_secret_ref
+        # Endpoints without authentication still need a non-empty key for the SDK.
+        api_key = await context.read_secret(ref.name, ref.key) if ref is not None else "unused"
+        provider = openai_compatible.OpenAICompatibleProvider(
+            "openai-compatible", base_url=self.config.base_url, api_key=api_key
+        )
+        plan.model = ai_openai.OpenAIChatModel(self.config.model, provider=provider)
+        plan.model_settings = {**self.config.settings.to_pydantic_ai(), "max_retries": SDK_RETRIES}

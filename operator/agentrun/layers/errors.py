@@ -1,0 +1,43 @@
+"""Why a run failed, classified where the failure arises.
+
+Each error carries the ``Reason`` recorded in the run's status and a message that
+is safe to show: it never contains a credential.
+"""
+
+from __future__ import annotations
+
+from agentrun.api import models
+
+
+class RunFailure(Exception):
+    """A permanent failure of one run. Retrying the same request fails the same way."""
+
+    reason: models.Reason = models.Reason.INTERNAL_ERROR
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(RunFailure):
+    """The request is well-formed YAML but cannot run as asked."""
+
+    reason = models.Reason.INVALID_REQUEST
+
+
+class CredentialsUnavailable(RunFailure):
+    """A Secret or key the run references cannot be read."""
+
+    reason = models.Reason.CREDENTIALS_UNAVAILABLE
+
+
+class ModelError(RunFailure):
+    """The model provider answered with an error or could not be reached."""
+
+    reason = models.Reason.MODEL_ERROR
+
+
+class OutputInvalid(RunFailure):
+    """The model kept producing output that does not match the output schema."""
+
+    reason = models.Reason.OUTPUT_INVALID

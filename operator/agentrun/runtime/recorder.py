@@ -1,0 +1,130 @@
+"""Guarded writes that keep trying until they are recorded, or the run is gone.
+
+Every status write is a compare-and-set on the object's resourceVersion. On a
+conflict the object is read again and the change recomputed from what is stored,
+so a terminal state recorded by anyone is never overwritten. Transient failures
+(API server down, 429, 5xx) and permission errors back off and retry, loudly, until
+an optional deadline; nothing is dropped silently and nothing is written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from agentrun.api import models
+from agentrun.runtime import store
+
+logger = logging.getLogger(__name__)
+
+StatusChange = Callable[[store.RunObject], models.AgentRunStatus | None]
+"""Given the stored run, the status to write, or ``None`` when there is nothing to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """The run as stored after a guarded write, and whether this write changed it."""
+
+    run: store.RunObject
+    changed: bool
+
+
+class Backoff:
+    """Exponential backoff with jitter, capped, so retries of many runs do not align."""
+
+    def __init__(self, *, initial: float = 0.2, cap: float = 30.0) -> None:
+        self._delay = initial
+        self._cap = cap
+
+    async def sleep(self, deadline: float | None) -> bool:
+        """Wait before the next try; ``False`` if the deadline would pass first."""
+        delay = self._delay * random.uniform(0.5, 1.0)
+        self._delay = min(self._cap, self._delay * 2)
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            delay = min(delay, remaining)
+        await asyncio.sleep(delay)
+        return deadline is None or time.monotonic() < deadline
+
+
+class Recorder:
+    """Performs guarded writes for the runtime."""
+
+    def __init__(self, run_store: store.RunStore) -> None:
+        self._store = run_store
+        self.failed_writes = 0
+        """Writes that failed and were retried or abandoned (exported as a metric)."""
+
+    async def _retrying(
+        self,
+        run: store.RunObject,
+        what: str,
+        attempt: Callable[[store.RunObject], Awaitable[store.RunObject | None]],
+        deadline: float | None,
+    ) -> store.RunObject | None:
+        backoff = Backoff()
+        while True:
+            try:
+                return await attempt(run)
+            except store.NotFound:
+                return None
+            except store.Conflict:
+                try:
+                    run = await self._store.get(run.ref)
+                except store.NotFound:
+                    return None
+                except (store.Unavailable, store.Forbidden) as error:
+                    self.failed_writes += 1
+                    logger.warning("could not re-read AgentRun %s to %s: %s", run.ref, what, error)
+                    if not await backoff.sleep(deadline):
+                        break
+                continue
+            except (store.Unavailable, store.Forbidden, store.Rejected) as error:
+                self.failed_writes += 1
+                level = logging.ERROR if isinstance(error, (store.Forbidden, store.Rejected)) else logging.WARNING
+                logger.log(level, "could not %s of AgentRun %s, will retry: %s", what, run.ref, error)
+                if not await backoff.sleep(deadline):
+                    break
+        logger.error("gave up trying to %s of AgentRun %s: deadline reached", what, run.ref)
+        return None
+
+    async def write_status(
+        self, run: store.RunObject, change: StatusChange, *, what: str, deadline: float | None = None
+    ) -> Written | None:
+        """Write ``change(stored run)`` until it is recorded; ``None`` if the run is gone or out of time.
+
+        When the change declines (returns ``None``) nothing is written and ``changed`` is false.
+        """
+        changed = False
+
+        async def attempt(current: store.RunObject) -> store.RunObject | None:
+            nonlocal changed
+            status = change(current)
+            changed = status is not None
+            if status is None:
+                return current
+            return await self._store.write_status(current, status)
+
+        stored = await self._retrying(run, what, attempt, deadline)
+        return None if stored is None else Written(stored, changed)
+
+    async def set_finalizer(
+        self, run: store.RunObject, present: bool, *, deadline: float | None = None
+    ) -> store.RunObject | None:
+        """Make our finalizer present or absent; ``None`` if the object is gone or out of time."""
+
+        async def attempt(current: store.RunObject) -> store.RunObject | None:
+            if current.has_finalizer == present:
+                return current
+            if present and (current.deleting or current.status.phase.terminal):
+                return current  # never hold a run that is going away or already finished
+            return await self._store.set_finalizer(current, present)
+
+        what = "add the finalizer" if present else "release the finalizer"
+        return await self._retrying(run, what, attempt, deadline)

@@ -1,0 +1,132 @@
+"""What the runtime needs from the API server, as a port.
+
+:mod:`agentrun.kube` implements :class:`RunStore` against a real API server; unit
+tests implement it in memory. Objects cross this boundary already parsed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import pydantic
+
+from agentrun.api import models
+
+
+class StoreError(Exception):
+    """Base of the errors a store raises; the message never carries a secret value."""
+
+
+class Conflict(StoreError):
+    """The object changed since it was read (resourceVersion mismatch)."""
+
+
+class NotFound(StoreError):
+    """The object no longer exists."""
+
+
+class Forbidden(StoreError):
+    """The operator's ServiceAccount lacks a permission; retrying will not help."""
+
+
+class Rejected(StoreError):
+    """The API server refused the request as invalid; retrying the same request will not help."""
+
+
+class Unavailable(StoreError):
+    """The API server could not be reached or answered 429/5xx; retry with backoff."""
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class RunRef:
+    """Identifies one AgentRun object (the uid tells a re-created namesake apart)."""
+
+    namespace: str
+    name: str
+    uid: str = dataclasses.field(default="", compare=False)
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunObject:
+    """An AgentRun as the runtime sees it."""
+
+    ref: RunRef
+    resource_version: str
+    generation: int | None
+    finalizers: tuple[str, ...]
+    deleting: bool
+    spec: models.AgentRunSpec | None
+    spec_error: str | None
+    status: models.AgentRunStatus
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> RunObject:
+        """Parse an object as the API server returns it. A bad spec is kept as an error."""
+        metadata = body.get("metadata") or {}
+        spec: models.AgentRunSpec | None = None
+        spec_error: str | None = None
+        try:
+            spec = models.AgentRunSpec.model_validate(body.get("spec") or {})
+        except pydantic.ValidationError as error:
+            spec_error = "spec is invalid: " + "; ".join(
+                f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
+                for item in error.errors(include_input=False, include_url=False)
+            )
+        try:
+            status = models.AgentRunStatus.model_validate(body.get("status") or {})
+        except pydantic.ValidationError:
+            # A status we cannot read was not written by this operator version; start afresh.
+            status = models.AgentRunStatus()
+        return cls(
+            ref=RunRef(metadata.get("namespace", ""), metadata.get("name", ""), metadata.get("uid", "")),
+            resource_version=str(metadata.get("resourceVersion", "")),
+            generation=metadata.get("generation"),
+            finalizers=tuple(metadata.get("finalizers") or ()),
+            deleting=metadata.get("deletionTimestamp") is not None,
+            spec=spec,
+            spec_error=spec_error,
+            status=status,
+        )
+
+    @property
+    def has_finalizer(self) -> bool:
+        return models.FINALIZER in self.finalizers
+
+
+class EventSeverity(enum.StrEnum):
+    NORMAL = "Normal"
+    WARNING = "Warning"
+
+
+class RunStore(Protocol):
+    """Reads and guarded writes of AgentRuns and the objects they own."""
+
+    async def get(self, ref: RunRef) -> RunObject:
+        """The current object; raises NotFound."""
+
+    async def list_running(self) -> list[RunObject]:
+        """Every watched run whose phase is Running (for orphan recovery)."""
+
+    async def write_status(self, run: RunObject, status: models.AgentRunStatus) -> RunObject:
+        """Replace the status if the object is still at ``run.resource_version``; raises Conflict."""
+
+    async def set_finalizer(self, run: RunObject, present: bool) -> RunObject | None:
+        """Add or remove our finalizer, guarded by resourceVersion. ``None`` if the object is gone."""
+
+    async def store_payload(self, run: RunObject, purpose: str, payload: str) -> models.ContentRef:
+        """Keep a large JSON payload in a Secret owned by the run and say where it is."""
+
+    async def read_secret(self, namespace: str, name: str, key: str) -> str:
+        """One key of a Secret; raises NotFound naming the Secret and key (never the value)."""
+
+    async def record_event(
+        self, run: RunObject, severity: EventSeverity, reason: str, message: str, now: datetime.datetime
+    ) -> None:
+        """Post a Kubernetes Event about the run (best effort)."""

@@ -1,0 +1,222 @@
+"""The run's state machine, as pure functions from one status to the next.
+
+Every function takes the current status and ``now`` and returns a new status; none
+talks to the API server. The scheduler decides *when* a transition happens; this
+module decides *what* the status then says, so the rules can be tested as tables.
+
+Rules: a terminal status never changes again; event ids strictly increase; the
+event ring keeps the newest ``ring_size`` events; the ``Succeeded`` condition's
+``lastTransitionTime`` moves only when its status value does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Iterable
+from typing import Any
+
+from agentrun.api import models
+
+Reason = models.Reason
+Phase = models.Phase
+
+
+class TerminalStatusError(RuntimeError):
+    """A transition was attempted on a run that already ended."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PendingEvent:
+    """An event produced by a run, not yet numbered into the ring."""
+
+    type: str
+    time: datetime.datetime
+    data: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Ending:
+    """How a run ended, as the terminal transition records it."""
+
+    phase: models.Phase
+    reason: models.Reason
+    message: str = ""
+    output: Any = None
+    output_ref: models.ContentRef | None = None
+    usage: models.Usage | None = None
+    session_snapshot: models.SessionSnapshot | None = None
+    session_snapshot_ref: models.ContentRef | None = None
+
+    @property
+    def event_type(self) -> models.EventType:
+        return {
+            Phase.SUCCEEDED: models.EventType.RUN_SUCCEEDED,
+            Phase.CANCELLED: models.EventType.RUN_CANCELLED,
+        }.get(self.phase, models.EventType.RUN_FAILED)
+
+    def event_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"reason": self.reason.value}
+        if self.message:
+            data["message"] = self.message
+        if self.phase is Phase.SUCCEEDED:
+            if self.output_ref is not None:
+                data["outputRef"] = self.output_ref.to_wire()
+            else:
+                data["output"] = self.output
+            if self.usage is not None:
+                data["usage"] = self.usage.to_wire()
+            # The snapshot itself (with the whole conversation) is in status.sessionSnapshot;
+            # the event says what state each layer was left in, without copying the history.
+            if self.session_snapshot_ref is not None:
+                data["sessionSnapshotRef"] = self.session_snapshot_ref.to_wire()
+            if self.session_snapshot is not None:
+                data["sessionSnapshot"] = {
+                    layer.name: layer.lifecycle_state.value for layer in self.session_snapshot.layers
+                }
+        return data
+
+
+def failure(reason: models.Reason, message: str) -> Ending:
+    return Ending(phase=Phase.FAILED, reason=reason, message=message)
+
+
+def _guard(status: models.AgentRunStatus) -> None:
+    if status.phase.terminal:
+        raise TerminalStatusError(f"run is already {status.phase.value}; its status is final")
+
+
+def with_events(
+    status: models.AgentRunStatus, events: Iterable[PendingEvent], *, ring_size: int
+) -> models.AgentRunStatus:
+    """Number ``events`` after the last one and keep only the newest ``ring_size``."""
+    ring = list(status.events)
+    count = status.event_count
+    for event in events:
+        count += 1
+        ring.append(models.RunEvent(id=count, type=event.type, time=event.time, data=event.data))
+    return status.model_copy(update={"events": ring[-ring_size:], "event_count": count})
+
+
+def _succeeded_condition(
+    status: models.AgentRunStatus,
+    value: models.ConditionStatus,
+    reason: str,
+    message: str,
+    *,
+    generation: int | None,
+    now: datetime.datetime,
+) -> list[models.Condition]:
+    previous = status.condition(models.CONDITION_SUCCEEDED)
+    changed = previous is None or previous.status != value
+    condition = models.Condition(
+        type=models.CONDITION_SUCCEEDED,
+        status=value,
+        reason=reason,
+        message=message,
+        last_transition_time=now if changed or previous is None else previous.last_transition_time,
+        observed_generation=generation,
+    )
+    others = [c for c in status.conditions if c.type != models.CONDITION_SUCCEEDED]
+    return [*others, condition]
+
+
+def queued(status: models.AgentRunStatus, *, generation: int | None, now: datetime.datetime) -> models.AgentRunStatus:
+    """Accepted but waiting for a free slot under the concurrency cap."""
+    _guard(status)
+    message = "waiting for a free slot: the operator's concurrent-run limit is reached"
+    return status.model_copy(
+        update={
+            "phase": Phase.PENDING,
+            "reason": Reason.QUEUED.value,
+            "message": message,
+            "conditions": _succeeded_condition(
+                status, models.ConditionStatus.UNKNOWN, Reason.QUEUED.value, message, generation=generation, now=now
+            ),
+            "observed_generation": generation,
+        }
+    )
+
+
+def admitted(
+    status: models.AgentRunStatus,
+    *,
+    runner: models.RunnerStatus,
+    generation: int | None,
+    now: datetime.datetime,
+    ring_size: int,
+) -> models.AgentRunStatus:
+    """The operator took the run: ``Running``, ``run_started``, owner and heartbeat."""
+    _guard(status)
+    started = status.model_copy(
+        update={
+            "phase": Phase.RUNNING,
+            "reason": Reason.RUNNING.value,
+            "message": "",
+            "start_time": now,
+            "runner": runner.model_copy(update={"heartbeat_time": now}),
+            "conditions": _succeeded_condition(
+                status, models.ConditionStatus.UNKNOWN, Reason.RUNNING.value, "", generation=generation, now=now
+            ),
+            "observed_generation": generation,
+        }
+    )
+    return with_events(started, [PendingEvent(models.EventType.RUN_STARTED.value, now)], ring_size=ring_size)
+
+
+def progressed(
+    status: models.AgentRunStatus,
+    events: Iterable[PendingEvent],
+    *,
+    now: datetime.datetime,
+    ring_size: int,
+) -> models.AgentRunStatus:
+    """Progress events appended and the heartbeat renewed, in one write."""
+    _guard(status)
+    renewed = status
+    if status.runner is not None:
+        renewed = status.model_copy(update={"runner": status.runner.model_copy(update={"heartbeat_time": now})})
+    return with_events(renewed, events, ring_size=ring_size)
+
+
+def ended(
+    status: models.AgentRunStatus,
+    ending: Ending,
+    *,
+    events: Iterable[PendingEvent] = (),
+    generation: int | None,
+    now: datetime.datetime,
+    ring_size: int,
+) -> models.AgentRunStatus:
+    """The terminal status: pending progress, then the terminal event, in one write."""
+    _guard(status)
+    value = models.ConditionStatus.TRUE if ending.phase is Phase.SUCCEEDED else models.ConditionStatus.FALSE
+    final = status.model_copy(
+        update={
+            "phase": ending.phase,
+            "reason": ending.reason.value,
+            "message": ending.message,
+            "completion_time": now,
+            "start_time": status.start_time or now,
+            "output": ending.output,
+            "output_ref": ending.output_ref,
+            "usage": ending.usage,
+            "session_snapshot": ending.session_snapshot,
+            "session_snapshot_ref": ending.session_snapshot_ref,
+            "conditions": _succeeded_condition(
+                status, value, ending.reason.value, ending.message, generation=generation, now=now
+            ),
+            "observed_generation": generation,
+        }
+    )
+    terminal_event = PendingEvent(ending.event_type.value, now, ending.event_data())
+    return with_events(final, [*events, terminal_event], ring_size=ring_size)
+
+
+def heartbeat_expired(status: models.AgentRunStatus, *, timeout: datetime.timedelta, now: datetime.datetime) -> bool:
+    """Whether a Running run's owner has stopped renewing it."""
+    if status.phase is not Phase.RUNNING:
+        return False
+    beat = status.runner.heartbeat_time if status.runner else None
+    beat = beat or status.start_time
+    return beat is None or now - beat > timeout

@@ -1,0 +1,92 @@
+"""Operator configuration, from environment variables (``AGENTRUN_*``) and flags."""
+
+from __future__ import annotations
+
+import enum
+import os
+import socket
+from typing import Annotated
+
+import pydantic
+import pydantic_settings
+
+
+class LogFormat(enum.StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+def _default_instance() -> str:
+    # In a cluster the Downward API sets POD_NAME; elsewhere the host name identifies us.
+    return os.environ.get("POD_NAME") or socket.gethostname()
+
+
+class Settings(pydantic_settings.BaseSettings):
+    """Everything an operator instance can be tuned with.
+
+    Each field is an environment variable ``AGENTRUN_<NAME>`` and a flag
+    ``--<name>`` of ``agentrun operator``; flags win over the environment.
+    """
+
+    model_config = pydantic_settings.SettingsConfigDict(
+        env_prefix="AGENTRUN_",
+        cli_kebab_case=True,
+        cli_prog_name="agentrun operator",
+        cli_implicit_flags=True,
+        extra="ignore",
+    )
+
+    namespaces: Annotated[list[str], pydantic_settings.NoDecode] = pydantic.Field(
+        default_factory=list,
+        description="Namespaces to watch, comma-separated. Empty watches the whole cluster.",
+    )
+    instance: str = pydantic.Field(
+        default_factory=_default_instance,
+        description="Identity of this operator instance, recorded on the runs it owns.",
+    )
+    max_concurrent_runs: int = pydantic.Field(
+        100, ge=1, description="Runs executing at once; further runs wait as Pending/Queued."
+    )
+    event_ring_size: int = pydantic.Field(
+        50, ge=4, le=1000, description="Newest events kept in status.events; older ones are dropped."
+    )
+    status_budget_bytes: int = pydantic.Field(
+        256 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest output or session snapshot written inline; larger ones go to an owned Secret.",
+    )
+    progress_interval_seconds: float = pydantic.Field(
+        2.0, gt=0, description="Least time between two progress writes of one run (coalescing)."
+    )
+    shutdown_grace_seconds: float = pydantic.Field(
+        15.0,
+        gt=0,
+        le=20,
+        description="On SIGTERM, how long in-flight runs may finish before they are failed.",
+    )
+    heartbeat_interval_seconds: float = pydantic.Field(
+        15.0, gt=0, description="How often the owner renews the heartbeat of its running runs."
+    )
+    heartbeat_timeout_seconds: float = pydantic.Field(
+        60.0, gt=0, description="A Running run whose heartbeat is older than this is an orphan."
+    )
+    liveness_port: int = pydantic.Field(8080, ge=0, le=65535, description="Port of /healthz; 0 disables it.")
+    metrics_port: int = pydantic.Field(
+        9090, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables it."
+    )
+    log_level: str = pydantic.Field("INFO", description="Python log level: DEBUG, INFO, WARNING or ERROR.")
+    log_format: LogFormat = pydantic.Field(LogFormat.JSON, description="`json` for production, `text` for people.")
+
+    @pydantic.field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _heartbeat_outlives_interval(self) -> Settings:
+        if self.heartbeat_timeout_seconds <= 2 * self.heartbeat_interval_seconds:
+            raise ValueError("heartbeat_timeout_seconds must exceed twice heartbeat_interval_seconds")
+        return self
