@@ -1,0 +1,58 @@
+# agentrun: `make test` runs everything CI runs; `make demo` shows the product working.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: help venv controlplane test unit integration chart lint crds demo bench clean
+
+help:
+	@echo "make test    lint + unit + integration + chart tiers (what CI runs)"
+	@echo "make demo    throwaway control plane + operator + examples/ (DEMO_ARGS=--keep to keep it up)"
+	@echo "make crds    regenerate crds/ from the API models"
+	@echo "make lint    ruff, mypy --strict, import-linter, CRD drift"
+	@echo "make bench   benchmarks against the local control plane, JSON under bench/results/"
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+# Builds pinned kube-apiserver, etcd, kubectl and helm once; later runs reuse the cache.
+controlplane:
+	@bash hack/controlplane/build.sh >/dev/null
+
+lint: venv
+	$(BIN)/ruff check operator tests hack bench
+	$(BIN)/ruff format --check operator tests hack bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/agentrun crd --check crds/agentrun.dev_agentruns.yaml
+
+unit: venv
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: venv controlplane
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+chart: venv controlplane
+	$(BIN)/python -m pytest tests/chart $(PYTEST_ARGS)
+
+test: venv controlplane lint
+	$(BIN)/python -m pytest -ra tests $(PYTEST_ARGS)
+
+crds: venv
+	$(BIN)/agentrun crd --output crds/agentrun.dev_agentruns.yaml
+
+demo: venv controlplane
+	$(BIN)/python hack/demo.py $(DEMO_ARGS)
+
+bench: venv controlplane
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

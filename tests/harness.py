@@ -1,0 +1,221 @@
+"""Shared test machinery: the cluster under test, the operator as a real process, polling."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import yaml
+
+import localcluster
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+AGENTRUN = pathlib.Path(sys.executable).parent / "agentrun"
+TERMINAL = ("Succeeded", "Failed", "Cancelled")
+
+T = TypeVar("T")
+
+
+def wait_until(
+    check: Callable[[], T | None], *, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last value: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclasses.dataclass
+class Cluster:
+    """The API server the integration tier runs against."""
+
+    kubeconfig: pathlib.Path
+    kubectl_bin: pathlib.Path
+    helm_bin: pathlib.Path | None
+    local: localcluster.LocalCluster | None
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.kubectl_bin), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=False,
+            env=self.env(),
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment for child processes: this cluster's kubeconfig, our tools first on PATH."""
+        path = os.pathsep.join([str(AGENTRUN.parent), str(self.kubectl_bin.parent), os.environ.get("PATH", "")])
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": path, **extra}
+
+    def apply(self, manifest: dict[str, Any] | str, namespace: str) -> None:
+        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+        self.kubectl("apply", "-n", namespace, "-f", "-", input=text)
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        result = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+        if result.returncode != 0:
+            if "NotFound" in result.stderr:
+                return None
+            raise AssertionError(f"kubectl get {kind}/{name} failed: {result.stderr.strip()}")
+        return dict(json.loads(result.stdout))
+
+    def run_status(self, name: str, namespace: str) -> dict[str, Any]:
+        body = self.get("agentrun", name, namespace) or {}
+        return dict(body.get("status") or {})
+
+    def wait_phase(self, name: str, namespace: str, *phases: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait until the run reaches one of ``phases`` (default: any terminal one); return the object."""
+        wanted = phases or TERMINAL
+
+        def reached() -> dict[str, Any] | None:
+            body = self.get("agentrun", name, namespace)
+            if body and (body.get("status") or {}).get("phase") in wanted:
+                return body
+            return None
+
+        return wait_until(reached, timeout=timeout, what=f"AgentRun {namespace}/{name} to reach {'/'.join(wanted)}")
+
+    def events_for(self, name: str, namespace: str) -> list[dict[str, Any]]:
+        """Kubernetes Events about one AgentRun, oldest first."""
+        result = self.kubectl(
+            "get", "events", "-n", namespace, "-o", "json", "--field-selector", f"involvedObject.name={name}"
+        )
+        items = json.loads(result.stdout)["items"]
+        return sorted(items, key=lambda e: e.get("lastTimestamp") or "")
+
+
+def example(name: str) -> dict[str, Any]:
+    return dict(yaml.safe_load((EXAMPLES / name).read_text()))
+
+
+def agent_run(name: str, layers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    """An AgentRun manifest."""
+    return {
+        "apiVersion": "agentrun.dev/v1alpha1",
+        "kind": "AgentRun",
+        "metadata": {"name": name},
+        "spec": {"composition": {"layers": layers}, **spec},
+    }
+
+
+def echo_run(name: str, prompt: str | list[str] = "hello", *, delay: float = 0.0, **spec: Any) -> dict[str, Any]:
+    """An AgentRun on the offline echo model."""
+    return agent_run(
+        name,
+        [
+            {"name": "llm", "type": "model.echo", "config": {"delaySeconds": delay} if delay else {}},
+            {"name": "prompt", "type": "plain.prompt", "config": {"user": prompt}},
+        ],
+        **spec,
+    )
+
+
+class OperatorProcess:
+    """``agentrun operator`` as a child process, exactly as the container runs it."""
+
+    def __init__(self, cluster: Cluster, namespaces: list[str], log_dir: pathlib.Path, **settings: Any) -> None:
+        self.cluster = cluster
+        self.liveness_port = free_port()
+        self.instance = f"test-operator-{self.liveness_port}"
+        self.log_path = log_dir / f"operator-{self.liveness_port}.log"
+        env = {
+            "AGENTRUN_NAMESPACES": ",".join(namespaces),
+            "AGENTRUN_INSTANCE": self.instance,
+            "AGENTRUN_LIVENESS_PORT": str(self.liveness_port),
+            "AGENTRUN_METRICS_PORT": "0",
+            "AGENTRUN_LOG_FORMAT": "text",
+            "AGENTRUN_LOG_LEVEL": "INFO",
+        }
+        env.update({f"AGENTRUN_{key.upper()}": str(value) for key, value in settings.items()})
+        self.env = cluster.env(**env)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, wait_ready: bool = True) -> OperatorProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(AGENTRUN), "operator"], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def healthz(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as response:
+                return dict(json.loads(response.read() or b"{}"))
+        except (urllib.error.URLError, OSError, ValueError):
+            return None
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"operator exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
+            health = self.healthz()
+            return bool(health and health.get("scheduler", {}).get("ready"))
+
+        wait_until(ready, timeout=timeout, what="the operator to become ready")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@contextlib.contextmanager
+def existing_cluster(kubeconfig: pathlib.Path) -> Iterator[Cluster]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        kubectl = str(localcluster.find_binaries().kubectl)
+    helm = shutil.which("helm")
+    yield Cluster(pathlib.Path(kubeconfig), pathlib.Path(kubectl), pathlib.Path(helm) if helm else None, None)
