@@ -84,7 +84,9 @@ async def run(plan: base.AgentPlan, progress: Progress) -> AgentResult:
     agent = _build(plan)
     requests = 0
     try:
-        async with agent.iter(prompts, message_history=plan.history or None) as agent_run:
+        # One prompt is sent as plain text; several become the parts of one user message.
+        user_prompt: str | list[str] = prompts[0] if len(prompts) == 1 else prompts
+        async with agent.iter(user_prompt, message_history=plan.history or None) as agent_run:
             async for node in agent_run:
                 if pydantic_ai.Agent.is_model_request_node(node):
                     requests += 1
