@@ -60,8 +60,10 @@ class Cluster:
     local: localcluster.LocalCluster | None
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        # Plugins take no global flags before their name; KUBECONFIG in env() serves them.
+        flags = [] if args[:1] == ("agentrun",) else ["--kubeconfig", str(self.kubeconfig)]
         result = subprocess.run(
-            [str(self.kubectl_bin), "--kubeconfig", str(self.kubeconfig), *args],
+            [str(self.kubectl_bin), *flags, *args],
             input=input,
             capture_output=True,
             text=True,
