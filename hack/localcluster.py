@@ -74,9 +74,7 @@ def find_binaries() -> Binaries:
     if built.returncode != 0:
         raise ControlPlaneError(f"hack/controlplane/build.sh failed with exit code {built.returncode}")
     directory = pathlib.Path(built.stdout.strip().splitlines()[-1])
-    return Binaries(
-        directory / "kube-apiserver", directory / "etcd", directory / "kubectl", directory / "helm"
-    )
+    return Binaries(directory / "kube-apiserver", directory / "etcd", directory / "kubectl", directory / "helm")
 
 
 def _free_port() -> int:
@@ -144,11 +142,11 @@ class LocalCluster:
 
     # --- access ---------------------------------------------------------------------
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run the pinned kubectl against this cluster as the admin."""
         result = subprocess.run(
             [str(self.binaries.kubectl), "--kubeconfig", str(self.kubeconfig), *args],
-            input=input,
+            input=stdin,
             capture_output=True,
             text=True,
             check=False,
@@ -170,9 +168,7 @@ class LocalCluster:
     def _write_identity(self) -> None:
         key = self.workdir / "sa.key"
         if not key.exists():
-            subprocess.run(
-                ["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True
-            )
+            subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
         (self.workdir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
 
     def _start_etcd(self) -> None:
@@ -221,7 +217,11 @@ class LocalCluster:
                 "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\n"
                 "rules:\n- level: None\n  verbs: [get, list, watch]\n- level: Metadata\n"
             )
-            flags += [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-mode=blocking"]
+            flags += [
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-mode=blocking",
+            ]
         return flags
 
     def _ssl_context(self) -> ssl.SSLContext:

@@ -59,12 +59,12 @@ class Cluster:
     helm_bin: pathlib.Path | None
     local: localcluster.LocalCluster | None
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
         # Plugins take no global flags before their name; KUBECONFIG in env() serves them.
         flags = [] if args[:1] == ("agentrun",) else ["--kubeconfig", str(self.kubeconfig)]
         result = subprocess.run(
             [str(self.kubectl_bin), *flags, *args],
-            input=input,
+            input=stdin,
             capture_output=True,
             text=True,
             check=False,
@@ -81,7 +81,7 @@ class Cluster:
 
     def apply(self, manifest: dict[str, Any] | str, namespace: str) -> None:
         text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
-        self.kubectl("apply", "-n", namespace, "-f", "-", input=text)
+        self.kubectl("apply", "-n", namespace, "-f", "-", stdin=text)
 
     def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
         result = self.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)

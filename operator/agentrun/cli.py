@@ -41,9 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentrun", description="Run AI agent requests as Kubernetes resources.")
     parser.add_argument("--version", action="version", version=f"agentrun {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser(
-        "operator", help="run the operator (see 'agentrun operator --help')", add_help=False
-    )
+    commands.add_parser("operator", help="run the operator (see 'agentrun operator --help')", add_help=False)
     crd_parser = commands.add_parser("crd", help="print, write or check the AgentRun CRD")
     crd_mode = crd_parser.add_mutually_exclusive_group()
     crd_mode.add_argument("--output", "-o", type=pathlib.Path, help="write the CRD to this file")
@@ -76,7 +74,7 @@ def run_operator(argv: Sequence[str]) -> int:
 
     from agentrun import handlers, settings
 
-    config = settings.Settings(_cli_parse_args=list(argv))  # type: ignore[call-arg]
+    config = settings.Settings(_cli_parse_args=list(argv))
     log_format = kopf.LogFormat.JSON if config.log_format is settings.LogFormat.JSON else kopf.LogFormat.PLAIN
     kopf.configure(log_format=log_format, log_refkey="object")
     logging.getLogger().setLevel(config.log_level.upper())
@@ -125,7 +123,8 @@ def _detail(event: dict[str, Any]) -> str:
 
 
 async def _events(name: str, namespace: str | None, *, follow: bool, output: str) -> int:
-    from agentrun.kube import connection, store as kube_store
+    from agentrun.kube import connection
+    from agentrun.kube import store as kube_store
     from agentrun.runtime import store
 
     try:
@@ -133,13 +132,13 @@ async def _events(name: str, namespace: str | None, *, follow: bool, output: str
     except Exception as error:  # any kubeconfig problem is reported the same way
         print(f"error: cannot load Kubernetes configuration: {error}", file=sys.stderr)
         return EXIT_ERROR
-    namespace = namespace or _current_namespace()
+    namespace = namespace or connection.current_namespace()
     printed = 0
     if output == "table":
         print(f"{'ID':>4}  {'TIME':<27}  {'TYPE':<14}  DETAIL")
     try:
         async for body in kube_store.watch_run(conn.api, namespace, name):
-            status = (body.get("status") or {})
+            status = body.get("status") or {}
             for event in status.get("events") or []:
                 if event["id"] <= printed:
                     continue
@@ -165,14 +164,3 @@ async def _events(name: str, namespace: str | None, *, follow: bool, output: str
         return EXIT_ERROR
     finally:
         await conn.close()
-
-
-def _current_namespace() -> str:
-    """The namespace of the kubeconfig's current context, as kubectl picks it."""
-    from kubernetes_asyncio.config import kube_config
-
-    try:
-        _, context = kube_config.list_kube_config_contexts()
-    except Exception:  # no kubeconfig, or one without contexts: kubectl falls back to default too
-        return "default"
-    return str(context.get("context", {}).get("namespace") or "default")

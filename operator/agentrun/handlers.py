@@ -54,9 +54,7 @@ def build_registry() -> kopf.OperatorRegistry:
             context.connection.api, namespaces=context.settings.namespaces, instance=context.settings.instance
         )
         task_runner = runner.TaskRunner(layer_registry.LayerRegistry.from_entry_points(), run_store)
-        context.scheduler = scheduler.Scheduler(
-            run_store=run_store, run_runner=task_runner, settings=context.settings
-        )
+        context.scheduler = scheduler.Scheduler(run_store=run_store, run_runner=task_runner, settings=context.settings)
         # Recovery reads every Running run; it runs beside the watch so /healthz answers meanwhile.
         _spawn(context, _recover_then_sweep(context.scheduler, context.settings))
 

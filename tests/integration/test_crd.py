@@ -121,7 +121,7 @@ def test_malformed_manifests_are_rejected_at_admission(
     cluster: harness.Cluster, namespace: str, change: Any, expected: str
 ) -> None:
     manifest = _mutated(change)
-    result = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest), check=False)
+    result = cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(manifest), check=False)
     assert result.returncode != 0, f"accepted: {manifest}"
     assert expected in result.stderr
     assert cluster.get("agentrun", "valid", namespace) is None

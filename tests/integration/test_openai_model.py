@@ -53,7 +53,9 @@ def openai_run(
     return harness.agent_run(name, layers, **extra)
 
 
-def assert_secret_nowhere(cluster: harness.Cluster, namespace: str, name: str, operator: harness.OperatorProcess) -> None:
+def assert_secret_nowhere(
+    cluster: harness.Cluster, namespace: str, name: str, operator: harness.OperatorProcess
+) -> None:
     body = json.dumps(cluster.get("agentrun", name, namespace))
     events = json.dumps(cluster.events_for(name, namespace))
     assert API_KEY not in body
@@ -191,7 +193,9 @@ def test_second_turn_sees_the_first_turns_history(
     cluster.apply(openai_run("turn-1", llm, "ok", prompt="My name is Ada."), namespace)
     first = cluster.wait_phase("turn-1", namespace)["status"]
     assert first["phase"] == "Succeeded"
-    cluster.apply(openai_run("turn-2", llm, "ok", prompt="What is my name?", sessionSnapshot=first["sessionSnapshot"]), namespace)
+    cluster.apply(
+        openai_run("turn-2", llm, "ok", prompt="What is my name?", sessionSnapshot=first["sessionSnapshot"]), namespace
+    )
     second = cluster.wait_phase("turn-2", namespace)["status"]
     assert second["phase"] == "Succeeded", second
     assert second["output"] == "Hello from fake (turn 2)"

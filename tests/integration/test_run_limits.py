@@ -35,7 +35,10 @@ def test_output_over_the_status_budget_is_offloaded_to_an_owned_secret(
     assert ref["sizeBytes"] == len(json.dumps(stored, separators=(",", ":")).encode())
     [owner] = secret["metadata"]["ownerReferences"]
     assert (owner["kind"], owner["name"], owner["uid"]) == ("AgentRun", "big", body["metadata"]["uid"])
-    assert secret["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "agentrun-operator", "agentrun.dev/run": "big"}
+    assert secret["metadata"]["labels"] == {
+        "app.kubernetes.io/managed-by": "agentrun-operator",
+        "agentrun.dev/run": "big",
+    }
     # The snapshot (history with the long prompt twice) went the same way.
     assert "sessionSnapshot" not in status
     assert status["sessionSnapshotRef"]["name"] != ref["name"]
@@ -109,7 +112,8 @@ def test_fifty_concurrent_runs_do_not_interfere(
         assert status["phase"] == "Succeeded", status
         assert status["output"] == f"echo: request number {index}"  # each run got its own answer
         ids = [event["id"] for event in status["events"]]
-        assert ids == sorted(set(ids)) and ids[0] == 1
+        assert ids == sorted(set(ids))
+        assert ids[0] == 1
         assert status["eventCount"] == ids[-1]
         assert [e["type"] for e in status["events"]].count("run_succeeded") == 1
         assert "finalizers" not in item["metadata"]

@@ -151,7 +151,8 @@ def test_request_shaped_errors_fail_after_admission(
     assert ("Normal", "Started", f"run started by {operator.instance}") in events
     assert ("Warning", "Failed", message) in events
     describe = cluster.kubectl("describe", "ar", name, "-n", namespace).stdout
-    assert "Started" in describe and message in describe
+    assert "Started" in describe
+    assert message in describe
 
 
 def test_status_is_never_rewritten_after_terminal(

@@ -46,24 +46,24 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Run phase."},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "description": "Cause of the phase."},
     {
-    "name": "Succeeded",
-    "type": "string",
-    "jsonPath": '.status.conditions[?(@.type=="Succeeded")].status',
-    "description": "The Succeeded condition: True, False, or Unknown while running.",
+        "name": "Succeeded",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Succeeded")].status',
+        "description": "The Succeeded condition: True, False, or Unknown while running.",
     },
     {
-    "name": "Mode",
-    "type": "string",
-    "jsonPath": ".spec.runner.mode",
-    "priority": 1,
-    "description": "Where the agent executes.",
+        "name": "Mode",
+        "type": "string",
+        "jsonPath": ".spec.runner.mode",
+        "priority": 1,
+        "description": "Where the agent executes.",
     },
     {
-    "name": "Message",
-    "type": "string",
-    "jsonPath": ".status.message",
-    "priority": 1,
-    "description": "Error or detail.",
+        "name": "Message",
+        "type": "string",
+        "jsonPath": ".status.message",
+        "priority": 1,
+        "description": "Error or detail.",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
@@ -71,8 +71,8 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
 # Composition-wide rules that a per-field schema cannot say.
 LAYER_RULES: list[dict[str, str]] = [
     {
-    "rule": "self.name != 'llm' || self.type.startsWith('model.')",
-    "message": "layer name 'llm' is reserved for the model layer: its type must start with 'model.'",
+        "rule": "self.name != 'llm' || self.type.startsWith('model.')",
+        "message": "layer name 'llm' is reserved for the model layer: its type must start with 'model.'",
     },
 ]
 
@@ -88,7 +88,7 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     name = node["$ref"].removeprefix("#/$defs/")
     if name not in defs:
         raise SchemaError(f"unresolvable reference {node['$ref']!r}")
-    merged = copy.deepcopy(defs[name])
+    merged: dict[str, Any] = copy.deepcopy(defs[name])
     merged.update({k: v for k, v in node.items() if k != "$ref"})
     return merged
 
@@ -111,9 +111,8 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], *, keep_defaults: bo
         node = {**node, "enum": [node["const"]]}
 
     out: dict[str, Any] = {k: copy.deepcopy(node[k]) for k in _KEPT_KEYWORDS if k in node}
-    if keep_defaults and "default" in node and not isinstance(node["default"], (dict, list)):
-        if node["default"] is not None:
-            out["default"] = node["default"]
+    if keep_defaults and node.get("default") is not None:
+        out["default"] = copy.deepcopy(node["default"])
 
     if out.get(schema_hints.PRESERVE_UNKNOWN):
         # Open objects keep their declared properties (for CEL) and nothing else.
@@ -127,8 +126,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], *, keep_defaults: bo
     if "properties" in node:
         out["type"] = "object"
         out["properties"] = {
-            key: _structural(value, defs, keep_defaults=keep_defaults)
-            for key, value in node["properties"].items()
+            key: _structural(value, defs, keep_defaults=keep_defaults) for key, value in node["properties"].items()
         }
     elif out.get("type") == "object":
         raise SchemaError(f"object without properties must be marked open: {node!r}")
@@ -148,10 +146,10 @@ def openapi_schema() -> dict[str, Any]:
     layer_items = spec["properties"]["composition"]["properties"]["layers"]["items"]
     layer_items.setdefault(schema_hints.VALIDATIONS, []).extend(LAYER_RULES)
     return {
-    "type": "object",
-    "description": (models.AgentRun.__doc__ or "").strip(),
-    "required": ["spec"],
-    "properties": {
+        "type": "object",
+        "description": (models.AgentRun.__doc__ or "").strip(),
+        "required": ["spec"],
+        "properties": {
             "apiVersion": {"type": "string", "description": "API version of the object."},
             "kind": {"type": "string", "description": "Kind of the object."},
             "metadata": {"type": "object"},
@@ -164,10 +162,10 @@ def openapi_schema() -> dict[str, Any]:
 def custom_resource_definition() -> dict[str, Any]:
     """The AgentRun CRD as a plain manifest."""
     return {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": f"{models.PLURAL}.{models.GROUP}"},
-    "spec": {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{models.PLURAL}.{models.GROUP}"},
+        "spec": {
             "group": models.GROUP,
             "names": {
                 "kind": models.KIND,

@@ -190,7 +190,9 @@ class AgentRunSpec(ApiModel):
         ),
     )
     runner: RunnerSpec = pydantic.Field(
-        default_factory=RunnerSpec, description="Where and how the agent executes."
+        default_factory=RunnerSpec,
+        description="Where and how the agent executes.",
+        json_schema_extra={"default": {}},  # lets the API server default runner.mode to task
     )
     timeout_seconds: int | None = pydantic.Field(
         None,
@@ -343,9 +345,7 @@ class AgentRunStatus(ApiModel):
     )
     event_count: int = pydantic.Field(0, ge=0, description="Events emitted in total, including dropped ones.")
     runner: RunnerStatus | None = pydantic.Field(None, description="The executing operator instance.")
-    observed_generation: int | None = pydantic.Field(
-        None, description="The `metadata.generation` the status reflects."
-    )
+    observed_generation: int | None = pydantic.Field(None, description="The `metadata.generation` the status reflects.")
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -356,8 +356,8 @@ class AgentRun(ApiModel):
 
     model_config = pydantic.ConfigDict(extra="ignore")
 
-    api_version: Literal["agentrun.dev/v1alpha1"] = pydantic.Field(API_VERSION, description="API version.")
-    kind: Literal["AgentRun"] = pydantic.Field(KIND, description="Kind.")
+    api_version: Literal["agentrun.dev/v1alpha1"] = pydantic.Field("agentrun.dev/v1alpha1", description="API version.")
+    kind: Literal["AgentRun"] = pydantic.Field("AgentRun", description="Kind.")
     metadata: dict[str, Any] = pydantic.Field(default_factory=dict, description="Standard object metadata.")
     spec: AgentRunSpec = pydantic.Field(description="The desired run.")
     status: AgentRunStatus = pydantic.Field(default_factory=AgentRunStatus, description="The observed run.")

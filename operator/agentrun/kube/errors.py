@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
@@ -38,5 +37,5 @@ def translated(action: str) -> Iterator[None]:
                 raise store.Rejected(message) from error
             case _:
                 raise store.Unavailable(message) from error
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
+    except (TimeoutError, aiohttp.ClientError, OSError) as error:
         raise store.Unavailable(f"{action}: {type(error).__name__}: {error}") from error

@@ -19,9 +19,7 @@ logger = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
 LIST_PAGE = 500
 # Every top-level status field, so that a merge patch clears the ones the new status leaves unset.
-STATUS_FIELDS = tuple(
-    field.alias or name for name, field in models.AgentRunStatus.model_fields.items()
-)
+STATUS_FIELDS = tuple(field.alias or name for name, field in models.AgentRunStatus.model_fields.items())
 
 
 def status_patch(status: models.AgentRunStatus, resource_version: str) -> dict[str, Any]:
@@ -87,7 +85,8 @@ class KubeRunStore:
 
     async def list_running(self) -> list[store.RunObject]:
         running: list[store.RunObject] = []
-        for namespace in self._namespaces or [None]:
+        scopes: list[str | None] = [*self._namespaces] or [None]
+        for namespace in scopes:
             async for item in self._pages(namespace):
                 # Cheap pre-filter: most runs are finished and need no parsing at all.
                 if (item.get("status") or {}).get("phase") == models.Phase.RUNNING.value:

@@ -51,8 +51,8 @@ def _build(plan: base.AgentPlan) -> pydantic_ai.Agent[None, Any]:
         plan.model,
         instructions="\n\n".join(plan.system_prompts) or None,
         output_type=_output_type(plan.output) if plan.output else str,
-        model_settings=plan.model_settings or None,  # type: ignore[arg-type]
-        retries={"output": OUTPUT_RETRIES},  # type: ignore[arg-type]
+        model_settings=plan.model_settings or None,
+        retries=OUTPUT_RETRIES,
     )
     if plan.output is not None:
         validator = jsonschema.Draft202012Validator(plan.output.json_schema)
@@ -112,9 +112,7 @@ async def run(plan: base.AgentPlan, progress: Progress) -> AgentResult:
     usage = result.usage
     return AgentResult(
         output=result.output,
-        usage=models.Usage(
-            requests=usage.requests, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
-        ),
+        usage=models.Usage(requests=usage.requests, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens),
         messages=result.all_messages(),
     )
 

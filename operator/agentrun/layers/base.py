@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import pydantic
 from pydantic_ai import messages as ai_messages
 from pydantic_ai import models as ai_models
+from pydantic_ai import settings as ai_settings
 
 from agentrun.layers import errors
 
@@ -49,7 +50,7 @@ class AgentPlan:
     system_prompts: list[str] = dataclasses.field(default_factory=list)
     user_prompts: list[str] = dataclasses.field(default_factory=list)
     model: ai_models.Model | None = None
-    model_settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    model_settings: ai_settings.ModelSettings = dataclasses.field(default_factory=ai_settings.ModelSettings)
     output: OutputSpec | None = None
     history: list[ai_messages.ModelMessage] = dataclasses.field(default_factory=list)
 
@@ -85,7 +86,9 @@ class Layer(abc.ABC):
         try:
             self.config = self.config_model.model_validate(raw_config)
         except pydantic.ValidationError as error:
-            raise errors.InvalidRequest(f"Layer '{name}' ({self.type_id}) has invalid config: {_describe(error)}") from None
+            raise errors.InvalidRequest(
+                f"Layer '{name}' ({self.type_id}) has invalid config: {_describe(error)}"
+            ) from None
 
     @abc.abstractmethod
     async def enter(self, plan: AgentPlan, context: RunContext, state: State | None) -> None:

@@ -28,9 +28,7 @@ def prepare_output_schema(schema: Any) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise SchemaRejected(f"output jsonSchema must be a JSON object, got {type(schema).__name__}")
     if schema.get("type", "object") != "object":
-        raise SchemaRejected(
-            f"output jsonSchema must describe an object (type: object), got type {schema['type']!r}"
-        )
+        raise SchemaRejected(f"output jsonSchema must describe an object (type: object), got type {schema['type']!r}")
     defs = schema.get("$defs", {})
     if not isinstance(defs, dict):
         raise SchemaRejected("output jsonSchema $defs must be an object of named schemas")

@@ -32,7 +32,8 @@ def resume(layer_names: Sequence[str], snapshot: models.SessionSnapshot | None) 
                 raise errors.InvalidRequest(f"Layer '{layer.name}' is closed; CLOSED snapshots cannot be entered.")
             case models.LifecycleState.ACTIVE:
                 raise errors.InvalidRequest(
-                    f"Layer '{layer.name}' is active; ACTIVE snapshots cannot be entered until the run that holds it exits."
+                    f"Layer '{layer.name}' is active; ACTIVE snapshots cannot be entered"
+                    " until the run that holds it exits."
                 )
             case models.LifecycleState.SUSPENDED:
                 states[layer.name] = dict(layer.runtime_state)

@@ -54,7 +54,7 @@ class Deps:
 
     store: store.RunStore
     recorder: recorder.Recorder
-    runner: runner.Runner
+    executor: runner.Runner
     settings: settings_module.Settings
     clock: runner.Clock
     on_event: EventSink
@@ -135,7 +135,7 @@ class RunLifecycle:
     async def _attempt(self) -> transitions.Ending:
         spec = self.run.spec
         timeout = spec.timeout_seconds if spec else None
-        self._work = asyncio.create_task(self.deps.runner.execute(self.run, self._progress))
+        self._work = asyncio.create_task(self.deps.executor.execute(self.run, self._progress))
         if self.stop_cause is not None:
             self._work.cancel()
         writer = asyncio.create_task(self._write_progress())
@@ -171,7 +171,9 @@ class RunLifecycle:
         settings = deps.settings
         last_write = time.monotonic()
         while True:
-            interval = settings.progress_interval_seconds if self._progress.pending else settings.heartbeat_interval_seconds
+            interval = (
+                settings.progress_interval_seconds if self._progress.pending else settings.heartbeat_interval_seconds
+            )
             wait = last_write + interval - time.monotonic()
             if wait > 0:
                 if self._progress.pending:
@@ -181,20 +183,22 @@ class RunLifecycle:
                         await asyncio.wait_for(self._progress.arrived.wait(), wait)
                 continue
             events = list(self._progress.pending)
-
-            def progress(current: store.RunObject) -> models.AgentRunStatus | None:
-                if current.status.phase is not models.Phase.RUNNING:
-                    return None
-                return transitions.progressed(
-                    current.status, events, now=deps.clock(), ring_size=settings.event_ring_size
-                )
-
-            written = await deps.recorder.write_status(self.run, progress, what="write progress")
+            written = await deps.recorder.write_status(self.run, self._progressed(events), what="write progress")
             last_write = time.monotonic()
             if written is None or not written.changed:
                 return
             self.run = written.run
             self._progress.taken(len(events))
+
+    def _progressed(self, events: list[transitions.PendingEvent]) -> recorder.StatusChange:
+        def change(current: store.RunObject) -> models.AgentRunStatus | None:
+            if current.status.phase is not models.Phase.RUNNING:
+                return None
+            return transitions.progressed(
+                current.status, events, now=self.deps.clock(), ring_size=self.deps.settings.event_ring_size
+            )
+
+        return change
 
     async def _success(self, outcome: runner.RunOutcome) -> transitions.Ending:
         """The Succeeded ending, with output or snapshot moved out of the status when too large."""
@@ -262,8 +266,12 @@ class RunLifecycle:
             return
         self.run = written.run
         if written.changed:
-            severity = store.EventSeverity.NORMAL if ending.phase is models.Phase.SUCCEEDED else store.EventSeverity.WARNING
-            deps.on_event(written.run, severity, ending.phase.value, ending.message or f"run {ending.phase.value.lower()}")
+            severity = (
+                store.EventSeverity.NORMAL if ending.phase is models.Phase.SUCCEEDED else store.EventSeverity.WARNING
+            )
+            deps.on_event(
+                written.run, severity, ending.phase.value, ending.message or f"run {ending.phase.value.lower()}"
+            )
         await self._release()
 
     async def _release(self) -> None:

@@ -15,6 +15,8 @@ import contextlib
 import datetime
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from agentrun import settings as settings_module
 from agentrun.api import models
@@ -45,7 +47,7 @@ class Scheduler:
         self._deps = lifecycle.Deps(
             store=run_store,
             recorder=self.recorder,
-            runner=run_runner,
+            executor=run_runner,
             settings=settings,
             clock=clock,
             on_event=self._post_event,
@@ -55,7 +57,7 @@ class Scheduler:
         self._queue: collections.OrderedDict[store.RunRef, store.RunObject] = collections.OrderedDict()
         self._foreign: dict[store.RunRef, store.RunObject] = {}
         """Running runs owned by other instances, watched for an expired heartbeat."""
-        self._chores: set[asyncio.Task[None]] = set()
+        self._chores: set[asyncio.Task[object]] = set()
         self._recovered = asyncio.Event()
         self._draining = False
 
@@ -185,7 +187,7 @@ class Scheduler:
         if not self._recovered.is_set() or self._draining:
             return
         while self._queue and len(self._active) < self._settings.max_concurrent_runs:
-            ref, run = self._queue.popitem(last=False)
+            _ref, run = self._queue.popitem(last=False)
             self._start(run)
 
     def _start(self, run: store.RunObject) -> None:
@@ -280,9 +282,9 @@ class Scheduler:
         for ref, task in list(self._tasks.items()):
             logger.error("AgentRun %s: final status not recorded before the shutdown deadline", ref)
             task.cancel()
-        await self._settle(list(self._tasks.values()) + list(self._chores))
+        await self._settle([*self._tasks.values(), *self._chores])
 
-    async def _settle(self, tasks: list[asyncio.Task[None]]) -> None:
+    async def _settle(self, tasks: list[asyncio.Task[Any]]) -> None:
         for task in tasks:
             task.cancel()
         if tasks:
@@ -290,14 +292,14 @@ class Scheduler:
 
     async def close(self) -> None:
         """Cancel whatever is left (used after a drain, and by tests)."""
-        await self._settle(list(self._tasks.values()) + list(self._chores))
+        await self._settle([*self._tasks.values(), *self._chores])
 
     # --- background chores ------------------------------------------------------------------
 
-    def _chore(self, coroutine: collections.abc.Coroutine[object, object, object]) -> None:
-        task = asyncio.create_task(coroutine)  # type: ignore[arg-type]
-        self._chores.add(task)  # type: ignore[arg-type]
-        task.add_done_callback(self._chores.discard)  # type: ignore[arg-type]
+    def _chore(self, coroutine: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     def _post_event(self, run: store.RunObject, severity: store.EventSeverity, reason: str, message: str) -> None:
         self._chore(self._store.record_event(run, severity, reason, message, self._clock()))

@@ -73,7 +73,7 @@ def _words(texts: list[str]) -> int:
 
 
 class EchoLayer(model.ModelLayer):
-    """Answers ``echo: <last user message>``; on a follow-up turn it says which turn it is."""
+    """Answers ``echo: <last user message>``; on later turns it also repeats what it heard before."""
 
     type_id = "model.echo"
     config_model = EchoConfig
@@ -89,7 +89,10 @@ class EchoLayer(model.ModelLayer):
             await asyncio.sleep(self.config.delay_seconds)
         texts = _user_texts(messages)
         last = texts[-1] if texts else ""
-        reply = f"echo: {last}" if len(texts) <= 1 else f"echo (turn {len(texts)}): {last}"
+        if len(texts) <= 1:
+            reply = f"echo: {last}"
+        else:
+            reply = f"echo (turn {len(texts)}): {last} | earlier you said: {' / '.join(texts[:-1])}"
         usage = ai_usage.RequestUsage(input_tokens=_words(texts), output_tokens=len(reply.split()))
         if info.output_tools:
             tool = info.output_tools[0]

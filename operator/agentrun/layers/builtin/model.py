@@ -25,7 +25,9 @@ def load_history(state: base.State | None) -> list[ai_messages.ModelMessage]:
 
 
 def dump_history(messages: list[ai_messages.ModelMessage]) -> list[Any]:
-    return list(pydantic_core.to_jsonable_python(ai_messages.ModelMessagesTypeAdapter.dump_python(messages, mode="json")))
+    return list(
+        pydantic_core.to_jsonable_python(ai_messages.ModelMessagesTypeAdapter.dump_python(messages, mode="json"))
+    )
 
 
 class ModelLayer(base.Layer):

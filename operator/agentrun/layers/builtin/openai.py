@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pydantic
+from pydantic_ai import settings as ai_settings
 from pydantic_ai.models import openai as ai_openai
 from pydantic_ai.providers import openai_compatible
 
@@ -24,15 +23,19 @@ class ModelSettingsConfig(base.LayerConfig):
     seed: int | None = pydantic.Field(None, description="Seed for providers that support reproducible sampling.")
     timeout_seconds: float | None = pydantic.Field(None, gt=0, description="Timeout of one model request.")
 
-    def to_pydantic_ai(self) -> dict[str, Any]:
-        settings: dict[str, Any] = {
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "top_p": self.top_p,
-            "seed": self.seed,
-            "timeout": self.timeout_seconds,
-        }
-        return {key: value for key, value in settings.items() if value is not None}
+    def to_pydantic_ai(self) -> ai_settings.ModelSettings:
+        settings = ai_settings.ModelSettings(max_retries=SDK_RETRIES)
+        if self.temperature is not None:
+            settings["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            settings["max_tokens"] = self.max_tokens
+        if self.top_p is not None:
+            settings["top_p"] = self.top_p
+        if self.seed is not None:
+            settings["seed"] = self.seed
+        if self.timeout_seconds is not None:
+            settings["timeout"] = self.timeout_seconds
+        return settings
 
 
 class OpenAIConfig(base.LayerConfig):
@@ -61,4 +64,4 @@ class OpenAILayer(model.ModelLayer):
             "openai-compatible", base_url=self.config.base_url, api_key=api_key
         )
         plan.model = ai_openai.OpenAIChatModel(self.config.model, provider=provider)
-        plan.model_settings = {**self.config.settings.to_pydantic_ai(), "max_retries": SDK_RETRIES}
+        plan.model_settings = self.config.settings.to_pydantic_ai()

@@ -1,0 +1,138 @@
+"""`make demo`: a throwaway control plane, the operator, and the examples, end to end.
+
+Starts etcd + kube-apiserver on loopback, runs ``agentrun operator`` exactly as the
+container does, applies ``examples/`` (the echo model: no key, no network), continues
+the two-turn conversation from the first turn's session snapshot, and prints what
+``kubectl get ar`` and ``agentrun events`` show. ``--keep`` leaves it all running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import yaml
+
+import localcluster
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+WORKDIR = ROOT / ".demo"
+NAMESPACE = "demo"
+AGENTRUN = pathlib.Path(sys.executable).parent / "agentrun"
+ORDER = ["hello.yaml", "structured-output.yaml", "conversation-1.yaml", "invalid-blank-prompt.yaml"]
+
+
+def banner(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+class Demo:
+    def __init__(self, cluster: localcluster.LocalCluster) -> None:
+        self.cluster = cluster
+        path = os.pathsep.join([str(AGENTRUN.parent), str(cluster.binaries.bin_dir), os.environ.get("PATH", "")])
+        self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PATH": path}
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        return self.cluster.kubectl(*args, input=stdin).stdout
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        print(self.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=yaml.safe_dump(manifest)).strip())
+
+    def wait_terminal(self, name: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            body = json.loads(self.kubectl("get", "ar", name, "-n", NAMESPACE, "-o", "json"))
+            if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Cancelled"):
+                return dict(body)
+            time.sleep(0.2)
+        raise SystemExit(f"demo: AgentRun {name} did not finish within {timeout:.0f}s; see {WORKDIR}/operator.log")
+
+    def show_events(self, name: str) -> None:
+        result = subprocess.run(
+            [str(AGENTRUN), "events", name, "-n", NAMESPACE], env=self.env, capture_output=True, text=True, check=False
+        )
+        print(f"$ kubectl agentrun events {name}   (exit code {result.returncode})")
+        print(result.stdout.rstrip())
+
+
+def run(keep: bool) -> int:
+    shutil.rmtree(WORKDIR, ignore_errors=True)
+    WORKDIR.mkdir(parents=True)
+    banner("Starting a throwaway control plane (etcd + kube-apiserver on 127.0.0.1)")
+    with localcluster.running(WORKDIR / "cluster") as cluster:
+        print(f"kube-apiserver {cluster.version()} at {cluster.server}; CRDs from crds/ applied")
+        demo = Demo(cluster)
+        demo.kubectl("create", "namespace", NAMESPACE)
+
+        banner("Starting the operator: agentrun operator (the container's entry point)")
+        log = (WORKDIR / "operator.log").open("wb")
+        operator = subprocess.Popen(
+            [str(AGENTRUN), "operator", "--liveness-port", "0", "--metrics-port", "0"],
+            env=demo.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            banner("Applying examples/")
+            for name in ORDER:
+                demo.apply(yaml.safe_load((ROOT / "examples" / name).read_text()))
+            for name in ("hello", "summarize-incident", "conversation-1", "blank-prompt"):
+                demo.wait_terminal(name)
+
+            banner("Second turn: conversation-2 continues conversation-1's session")
+            first = demo.wait_terminal("conversation-1")
+            second = yaml.safe_load((ROOT / "examples" / "conversation-2.yaml").read_text())
+            second["spec"]["sessionSnapshot"] = first["status"]["sessionSnapshot"]
+            print("spec.sessionSnapshot <- kubectl get ar conversation-1 -o jsonpath='{.status.sessionSnapshot}'")
+            demo.apply(second)
+            demo.wait_terminal("conversation-2")
+
+            banner("kubectl get agentruns")
+            print(demo.kubectl("get", "ar", "-n", NAMESPACE, "-o", "wide").rstrip())
+            for name in ("hello", "summarize-incident", "conversation-1", "conversation-2", "blank-prompt"):
+                banner(name)
+                output = demo.kubectl("get", "ar", name, "-n", NAMESPACE, "-o", "jsonpath={.status.output}")
+                if output:
+                    print(f"output: {output}")
+                demo.show_events(name)
+
+            if keep:
+                banner("The demo cluster stays up (Ctrl-C to stop it)")
+                print(f"export KUBECONFIG={cluster.kubeconfig}")
+                print(f"kubectl get ar -n {NAMESPACE}")
+                print(f"operator log: {WORKDIR / 'operator.log'}")
+                signal.signal(signal.SIGTERM, signal.default_int_handler)
+                try:
+                    while operator.poll() is None:
+                        time.sleep(1)
+                except KeyboardInterrupt:
+                    pass
+        finally:
+            operator.send_signal(signal.SIGTERM)
+            try:
+                operator.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                operator.kill()
+                operator.wait()
+        banner(f"Operator stopped (exit code {operator.returncode}); tearing the control plane down")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--keep", action="store_true", help="keep the cluster and operator running until Ctrl-C")
+    args = parser.parse_args()
+    return run(args.keep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

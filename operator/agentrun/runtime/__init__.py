@@ -1,0 +1,1 @@
+"""The runtime core: scheduler, run lifecycle, state machine, and the store port."""
