@@ -30,11 +30,13 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 CRD_DIR = ROOT / "crds"
 REQUIRED = ("kube-apiserver", "etcd", "kubectl")
+OPERATOR_USER = "agentrun-operator-under-test"
 
 
 class ControlPlaneError(RuntimeError):
@@ -102,7 +104,10 @@ class LocalCluster:
         self.binaries = binaries
         self.audit_log = workdir / "audit.log" if audit else None
         self.kubeconfig = workdir / "kubeconfig"
+        self.operator_kubeconfig = workdir / "operator.kubeconfig"
         self.token = secrets.token_hex(16)
+        # A separate identity for operators under test, so the audit log tells their writes apart.
+        self.operator_token = secrets.token_hex(16)
         self.etcd_port = _free_port()
         self.etcd_peer_port = _free_port()
         self.apiserver_port = _free_port()
@@ -117,7 +122,8 @@ class LocalCluster:
         self._write_identity()
         self._start_etcd()
         self.start_apiserver(timeout=timeout)
-        self._write_kubeconfig()
+        self.write_kubeconfig(self.kubeconfig, "admin", self.token)
+        self.write_kubeconfig(self.operator_kubeconfig, OPERATOR_USER, self.operator_token)
         self.apply_crds()
 
     def stop(self) -> None:
@@ -169,7 +175,10 @@ class LocalCluster:
         key = self.workdir / "sa.key"
         if not key.exists():
             subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
-        (self.workdir / "tokens.csv").write_text(f"{self.token},admin,admin,system:masters\n")
+        (self.workdir / "tokens.csv").write_text(
+            f"{self.token},admin,admin,system:masters\n"
+            f"{self.operator_token},{OPERATOR_USER},{OPERATOR_USER},system:masters\n"
+        )
 
     def _start_etcd(self) -> None:
         client = f"http://127.0.0.1:{self.etcd_port}"
@@ -248,15 +257,23 @@ class LocalCluster:
             time.sleep(0.2)
         raise ControlPlaneError(f"kube-apiserver not ready after {timeout:.0f}s: {last_error}")
 
-    def _write_kubeconfig(self) -> None:
+    def write_kubeconfig(self, path: pathlib.Path, user: str, token: str) -> pathlib.Path:
+        """A kubeconfig for this cluster that authenticates with ``token``."""
         ca = self.workdir / "certs" / "apiserver.crt"
-        self.kubeconfig.write_text(
+        path.write_text(
             "apiVersion: v1\nkind: Config\n"
             f"clusters:\n- name: local\n  cluster:\n    server: {self.server}\n    certificate-authority: {ca}\n"
-            f"users:\n- name: admin\n  user:\n    token: {self.token}\n"
-            "contexts:\n- name: local\n  context:\n    cluster: local\n    user: admin\n"
+            f"users:\n- name: {user}\n  user:\n    token: {token}\n"
+            f"contexts:\n- name: local\n  context:\n    cluster: local\n    user: {user}\n"
             "current-context: local\n"
         )
+        return path
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every audited write so far (reads are not audited), oldest first."""
+        if self.audit_log is None or not self.audit_log.exists():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
 
 
 @contextlib.contextmanager

@@ -50,6 +50,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclasses.dataclass(frozen=True)
+class Write:
+    """One audited write: verb, object name, subresource, HTTP status code."""
+
+    verb: str
+    name: str
+    subresource: str
+    code: int
+
+
 @dataclasses.dataclass
 class Cluster:
     """The API server the integration tier runs against."""
@@ -73,6 +83,31 @@ class Cluster:
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
         return result
+
+    @property
+    def operator_kubeconfig(self) -> pathlib.Path:
+        """Where operators under test authenticate from: their own identity on the local cluster."""
+        return self.local.operator_kubeconfig if self.local else self.kubeconfig
+
+    def operator_writes(self, namespace: str, resource: str = "agentruns") -> list[Write]:
+        """Writes the operators under test made to ``resource`` in ``namespace``, per the API server's audit log."""
+        if self.local is None:
+            raise RuntimeError("counting writes needs the local control plane's audit log")
+        writes = []
+        for entry in self.local.audit_events():
+            ref = entry.get("objectRef") or {}
+            if (
+                entry["user"]["username"] == localcluster.OPERATOR_USER
+                and entry.get("stage") == "ResponseComplete"
+                and ref.get("namespace") == namespace
+                and ref.get("resource") == resource
+            ):
+                writes.append(
+                    Write(
+                        entry["verb"], ref.get("name", ""), ref.get("subresource", ""), entry["responseStatus"]["code"]
+                    )
+                )
+        return writes
 
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for child processes: this cluster's kubeconfig, our tools first on PATH."""
@@ -159,7 +194,7 @@ class OperatorProcess:
             "AGENTRUN_LOG_LEVEL": "INFO",
         }
         env.update({f"AGENTRUN_{key.upper()}": str(value) for key, value in settings.items()})
-        self.env = cluster.env(**env)
+        self.env = {**cluster.env(**env), "KUBECONFIG": str(cluster.operator_kubeconfig)}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *, wait_ready: bool = True) -> OperatorProcess:
@@ -221,3 +256,59 @@ def existing_cluster(kubeconfig: pathlib.Path) -> Iterator[Cluster]:
         kubectl = str(localcluster.find_binaries().kubectl)
     helm = shutil.which("helm")
     yield Cluster(pathlib.Path(kubeconfig), pathlib.Path(kubectl), pathlib.Path(helm) if helm else None, None)
+
+
+class WatchRecorder:
+    """Records every version of the AgentRuns in a namespace, through `kubectl get -w`."""
+
+    def __init__(self, cluster: Cluster, namespace: str, log_dir: pathlib.Path) -> None:
+        self.path = log_dir / f"watch-{namespace}.jsonl"
+        self._file = self.path.open("wb")
+        self._process = subprocess.Popen(
+            [
+                str(cluster.kubectl_bin),
+                "--kubeconfig",
+                str(cluster.kubeconfig),
+                "get",
+                "agentruns",
+                "-n",
+                namespace,
+                "--watch",
+                "--output-watch-events",
+                "-o",
+                "json",
+            ],
+            stdout=self._file,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+        self._file.close()
+
+    def events(self) -> list[dict[str, Any]]:
+        """Watch events so far: ``{"type": ADDED|MODIFIED|DELETED, "object": {...}}``."""
+        text = self.path.read_text()
+        decoder = json.JSONDecoder()
+        events, index = [], 0
+        while True:
+            while index < len(text) and text[index].isspace():
+                index += 1
+            if index >= len(text):
+                return events
+            try:
+                event, index = decoder.raw_decode(text, index)
+            except ValueError:
+                return events  # a partly written last object
+            events.append(event)
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        """Every status the run had, in order (one per watch event)."""
+        return [
+            dict(event["object"].get("status") or {})
+            for event in self.events()
+            if event["object"]["metadata"]["name"] == name
+        ]

@@ -93,8 +93,8 @@ def build_registry() -> kopf.OperatorRegistry:
 
 
 def _configure_kopf(settings: kopf.OperatorSettings) -> None:
-    # The operator writes no kopf state into objects: on.event handlers need none.
-    settings.persistence.finalizer = models.FINALIZER
+    # The operator manages agentrun.dev/finalizer itself. kopf must not share that name:
+    # it removes "its" finalizer from objects that no deletion handler needs.
     settings.posting.enabled = False
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330

@@ -99,7 +99,11 @@ class RunLifecycle:
     async def _admit(self) -> bool:
         deps = self.deps
         held = await deps.recorder.set_finalizer(self.run, True, deadline=self.write_deadline)
-        if held is None or not held.has_finalizer or self.stop_cause is not None:
+        if held is None or not held.has_finalizer:
+            return False
+        self.run = held
+        if self.stop_cause is not None:
+            await self._release()  # stopped before it started: leave it Pending for the next instance
             return False
         runner_status = models.RunnerStatus(
             mode=held.spec.runner.mode if held.spec else models.RunnerMode.TASK,
