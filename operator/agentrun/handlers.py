@@ -20,7 +20,7 @@ from agentrun.api import models
 from agentrun.kube import connection
 from agentrun.kube import store as kube_store
 from agentrun.layers import registry as layer_registry
-from agentrun.runtime import runner, scheduler, store
+from agentrun.runtime import metrics, runner, scheduler, store
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,12 @@ def build_registry() -> kopf.OperatorRegistry:
             context.connection.api, namespaces=context.settings.namespaces, instance=context.settings.instance
         )
         task_runner = runner.TaskRunner(layer_registry.LayerRegistry.from_entry_points(), run_store)
-        context.scheduler = scheduler.Scheduler(run_store=run_store, run_runner=task_runner, settings=context.settings)
+        run_metrics = metrics.Metrics()
+        if context.settings.metrics_port:
+            metrics.serve(run_metrics, context.settings.metrics_port)
+        context.scheduler = scheduler.Scheduler(
+            run_store=run_store, run_runner=task_runner, settings=context.settings, run_metrics=run_metrics
+        )
         # Recovery reads every Running run; it runs beside the watch so /healthz answers meanwhile.
         _spawn(context, _recover_then_sweep(context.scheduler, context.settings))
 
@@ -96,6 +101,8 @@ def _configure_kopf(settings: kopf.OperatorSettings) -> None:
     # The operator manages agentrun.dev/finalizer itself. kopf must not share that name:
     # it removes "its" finalizer from objects that no deletion handler needs.
     settings.posting.enabled = False
+    # Only AgentRuns are watched, by their exact group and version: no CRD discovery (and no RBAC for it).
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from agentrun import settings as settings_module
 from agentrun.api import models
 from agentrun.layers import errors
-from agentrun.runtime import recorder, runner, store, transitions
+from agentrun.runtime import metrics, recorder, runner, store, transitions
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,15 @@ class Deps:
     settings: settings_module.Settings
     clock: runner.Clock
     on_event: EventSink
+    metrics: metrics.Metrics
+
+
+def record_finished(run_metrics: metrics.Metrics, status: models.AgentRunStatus) -> None:
+    """Count a terminal status this operator has just recorded."""
+    duration = None
+    if status.start_time and status.completion_time:
+        duration = (status.completion_time - status.start_time).total_seconds()
+    run_metrics.finished(status.phase, status.reason or "", duration, status.usage)
 
 
 class RunLifecycle:
@@ -131,6 +140,7 @@ class RunLifecycle:
             await self._release()
             return False
         self.admitted.set()
+        deps.metrics.runs_started.inc()
         deps.on_event(started, store.EventSeverity.NORMAL, "Started", f"run started by {deps.settings.instance}")
         return True
 
@@ -270,6 +280,7 @@ class RunLifecycle:
             return
         self.run = written.run
         if written.changed:
+            record_finished(deps.metrics, written.run.status)
             severity = (
                 store.EventSeverity.NORMAL if ending.phase is models.Phase.SUCCEEDED else store.EventSeverity.WARNING
             )

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from agentrun.api import models
-from agentrun.runtime import store
+from agentrun.runtime import metrics, store
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +56,12 @@ class Backoff:
 class Recorder:
     """Performs guarded writes for the runtime."""
 
-    def __init__(self, run_store: store.RunStore) -> None:
+    def __init__(self, run_store: store.RunStore, run_metrics: metrics.Metrics) -> None:
         self._store = run_store
-        self.failed_writes = 0
-        """Writes that failed and were retried or abandoned (exported as a metric)."""
+        self._metrics = run_metrics
+
+    def _failed(self, error: store.StoreError) -> None:
+        self._metrics.status_write_failures.labels(cause=type(error).__name__).inc()
 
     async def _retrying(
         self,
@@ -80,13 +82,13 @@ class Recorder:
                 except store.NotFound:
                     return None
                 except (store.Unavailable, store.Forbidden) as error:
-                    self.failed_writes += 1
+                    self._failed(error)
                     logger.warning("could not re-read AgentRun %s to %s: %s", run.ref, what, error)
                     if not await backoff.sleep(deadline):
                         break
                 continue
             except (store.Unavailable, store.Forbidden, store.Rejected) as error:
-                self.failed_writes += 1
+                self._failed(error)
                 level = logging.ERROR if isinstance(error, (store.Forbidden, store.Rejected)) else logging.WARNING
                 logger.log(level, "could not %s of AgentRun %s, will retry: %s", what, run.ref, error)
                 if not await backoff.sleep(deadline):

@@ -20,7 +20,7 @@ from typing import Any
 
 from agentrun import settings as settings_module
 from agentrun.api import models
-from agentrun.runtime import lifecycle, recorder, runner, store, transitions
+from agentrun.runtime import lifecycle, metrics, recorder, runner, store, transitions
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +38,14 @@ class Scheduler:
         run_store: store.RunStore,
         run_runner: runner.Runner,
         settings: settings_module.Settings,
+        run_metrics: metrics.Metrics | None = None,
         clock: runner.Clock = utcnow,
     ) -> None:
         self._store = run_store
         self._settings = settings
         self._clock = clock
-        self.recorder = recorder.Recorder(run_store)
+        self.metrics = run_metrics or metrics.Metrics()
+        self.recorder = recorder.Recorder(run_store, self.metrics)
         self._deps = lifecycle.Deps(
             store=run_store,
             recorder=self.recorder,
@@ -51,6 +53,7 @@ class Scheduler:
             settings=settings,
             clock=clock,
             on_event=self._post_event,
+            metrics=self.metrics,
         )
         self._active: dict[store.RunRef, lifecycle.RunLifecycle] = {}
         self._tasks: dict[store.RunRef, asyncio.Task[None]] = {}
@@ -60,6 +63,8 @@ class Scheduler:
         self._chores: set[asyncio.Task[object]] = set()
         self._recovered = asyncio.Event()
         self._draining = False
+        self.metrics.active_runs.set_function(lambda: len(self._active))
+        self.metrics.queued_runs.set_function(lambda: len(self._queue))
 
     # --- what the wiring calls -------------------------------------------------------
 
@@ -176,6 +181,7 @@ class Scheduler:
         if written is None or not written.changed:
             return 0
         logger.warning("AgentRun %s: %s", run.ref, message)
+        lifecycle.record_finished(self.metrics, written.run.status)
         self._post_event(written.run, store.EventSeverity.WARNING, "OperatorRestarted", message)
         await self._release(written.run)
         return 1
@@ -246,6 +252,7 @@ class Scheduler:
         written = await self.recorder.write_status(run, cancel, what="record the cancellation")
         if written is not None:
             if written.changed:
+                lifecycle.record_finished(self.metrics, written.run.status)
                 self._post_event(written.run, store.EventSeverity.WARNING, "Cancelled", ending.message)
             await self._release(written.run)
 
