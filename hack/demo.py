@@ -9,6 +9,7 @@ the two-turn conversation from the first turn's session snapshot, and prints wha
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -22,11 +23,12 @@ from typing import Any
 import yaml
 
 import localcluster
+import processes
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 WORKDIR = ROOT / ".demo"
 NAMESPACE = "demo"
-AGENTRUN = pathlib.Path(sys.executable).parent / "agentrun"
+AGENTRUN = processes.AGENTRUN
 ORDER = ["hello.yaml", "structured-output.yaml", "conversation-1.yaml", "invalid-blank-prompt.yaml"]
 
 
@@ -41,7 +43,7 @@ class Demo:
         self.env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "PATH": path}
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
-        return self.cluster.kubectl(*args, input=stdin).stdout
+        return self.cluster.kubectl(*args, stdin=stdin).stdout
 
     def apply(self, manifest: dict[str, Any]) -> None:
         print(self.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=yaml.safe_dump(manifest)).strip())
@@ -53,7 +55,9 @@ class Demo:
             if (body.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Cancelled"):
                 return dict(body)
             time.sleep(0.2)
-        raise SystemExit(f"demo: AgentRun {name} did not finish within {timeout:.0f}s; see {WORKDIR}/operator.log")
+        raise SystemExit(
+            f"demo: AgentRun {name} did not finish within {timeout:.0f}s; see the operator log in {WORKDIR}"
+        )
 
     def show_events(self, name: str) -> None:
         result = subprocess.run(
@@ -73,14 +77,10 @@ def run(keep: bool) -> int:
         demo.kubectl("create", "namespace", NAMESPACE)
 
         banner("Starting the operator: agentrun operator (the container's entry point)")
-        log = (WORKDIR / "operator.log").open("wb")
-        operator = subprocess.Popen(
-            [str(AGENTRUN), "operator", "--liveness-port", "0", "--metrics-port", "0"],
-            env=demo.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        operator = processes.OperatorProcess(
+            kubeconfig=cluster.kubeconfig, namespaces=[], log_dir=WORKDIR, base_env=demo.env, instance="demo-operator"
+        ).start()
+        print(f"operator {operator.instance} ready; log: {operator.log_path}")
         try:
             banner("Applying examples/")
             for name in ORDER:
@@ -109,21 +109,13 @@ def run(keep: bool) -> int:
                 banner("The demo cluster stays up (Ctrl-C to stop it)")
                 print(f"export KUBECONFIG={cluster.kubeconfig}")
                 print(f"kubectl get ar -n {NAMESPACE}")
-                print(f"operator log: {WORKDIR / 'operator.log'}")
                 signal.signal(signal.SIGTERM, signal.default_int_handler)
-                try:
-                    while operator.poll() is None:
-                        time.sleep(1)
-                except KeyboardInterrupt:
-                    pass
+                with contextlib.suppress(KeyboardInterrupt):
+                    operator.wait(timeout=None)
         finally:
-            operator.send_signal(signal.SIGTERM)
-            try:
-                operator.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                operator.kill()
-                operator.wait()
-        banner(f"Operator stopped (exit code {operator.returncode}); tearing the control plane down")
+            operator.stop()
+        code = operator.process.returncode if operator.process else None
+        banner(f"Operator stopped (exit code {code}); tearing the control plane down")
     return 0
 
 

@@ -22,7 +22,6 @@ import pathlib
 import secrets
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
+
+import processes
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -79,12 +80,6 @@ def find_binaries() -> Binaries:
     return Binaries(directory / "kube-apiserver", directory / "etcd", directory / "kubectl", directory / "helm")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _terminate(process: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> None:
     if process is None or process.poll() is not None:
         return
@@ -108,9 +103,9 @@ class LocalCluster:
         self.token = secrets.token_hex(16)
         # A separate identity for operators under test, so the audit log tells their writes apart.
         self.operator_token = secrets.token_hex(16)
-        self.etcd_port = _free_port()
-        self.etcd_peer_port = _free_port()
-        self.apiserver_port = _free_port()
+        self.etcd_port = processes.free_port()
+        self.etcd_peer_port = processes.free_port()
+        self.apiserver_port = processes.free_port()
         self.server = f"https://127.0.0.1:{self.apiserver_port}"
         self._etcd: subprocess.Popen[bytes] | None = None
         self._apiserver: subprocess.Popen[bytes] | None = None

@@ -8,46 +8,23 @@ import json
 import os
 import pathlib
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import yaml
 
 import localcluster
+import processes
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
-AGENTRUN = pathlib.Path(sys.executable).parent / "agentrun"
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
 
-T = TypeVar("T")
 
-
-def wait_until(
-    check: Callable[[], T | None], *, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last value: {last!r})")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+wait_until = processes.wait_until
+free_port = processes.free_port
+AGENTRUN = processes.AGENTRUN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,76 +154,18 @@ def echo_run(name: str, prompt: str | list[str] = "hello", *, delay: float = 0.0
     )
 
 
-class OperatorProcess:
-    """``agentrun operator`` as a child process, exactly as the container runs it."""
+class OperatorProcess(processes.OperatorProcess):
+    """The operator under test: this cluster's operator identity, our tools on PATH."""
 
     def __init__(self, cluster: Cluster, namespaces: list[str], log_dir: pathlib.Path, **settings: Any) -> None:
-        self.cluster = cluster
-        self.liveness_port = free_port()
-        self.instance = f"test-operator-{self.liveness_port}"
-        self.log_path = log_dir / f"operator-{self.liveness_port}.log"
-        env = {
-            "AGENTRUN_NAMESPACES": ",".join(namespaces),
-            "AGENTRUN_INSTANCE": self.instance,
-            "AGENTRUN_LIVENESS_PORT": str(self.liveness_port),
-            "AGENTRUN_METRICS_PORT": "0",
-            "AGENTRUN_LOG_FORMAT": "text",
-            "AGENTRUN_LOG_LEVEL": "INFO",
-        }
-        env.update({f"AGENTRUN_{key.upper()}": str(value) for key, value in settings.items()})
-        self.env = {**cluster.env(**env), "KUBECONFIG": str(cluster.operator_kubeconfig)}
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, *, wait_ready: bool = True) -> OperatorProcess:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [str(AGENTRUN), "operator"], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        super().__init__(
+            kubeconfig=cluster.operator_kubeconfig,
+            namespaces=namespaces,
+            log_dir=log_dir,
+            base_env=cluster.env(),
+            **settings,
         )
-        if wait_ready:
-            self.wait_ready()
-        return self
-
-    def healthz(self) -> dict[str, Any] | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as response:
-                return dict(json.loads(response.read() or b"{}"))
-        except (urllib.error.URLError, OSError, ValueError):
-            return None
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        def ready() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(f"operator exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
-            health = self.healthz()
-            return bool(health and health.get("scheduler", {}).get("ready"))
-
-        wait_until(ready, timeout=timeout, what="the operator to become ready")
-
-    def signal(self, signum: int) -> None:
-        assert self.process is not None
-        self.process.send_signal(signum)
-
-    def wait(self, timeout: float) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=40)
-        except subprocess.TimeoutExpired:
-            self.kill()
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        self.cluster = cluster
 
 
 @contextlib.contextmanager
