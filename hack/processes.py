@@ -81,10 +81,13 @@ class OperatorProcess:
             self.wait_ready()
         return self
 
-    def healthz(self) -> dict[str, Any] | None:
+    def probe(self, path: str = "/readyz") -> dict[str, Any] | None:
+        """The JSON answer of a health endpoint, whatever its status code; ``None`` if it does not answer."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}{path}", timeout=2) as response:
                 return dict(json.loads(response.read() or b"{}"))
+        except urllib.error.HTTPError as error:  # 503 while not ready still carries the state
+            return dict(json.loads(error.read() or b"{}"))
         except (urllib.error.URLError, OSError, ValueError):
             return None
 
@@ -93,8 +96,8 @@ class OperatorProcess:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise AssertionError(f"operator exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
-            health = self.healthz()
-            return bool(health and health.get("scheduler", {}).get("ready"))
+            state = self.probe("/readyz")
+            return bool(state and state.get("ready"))
 
         wait_until(ready, timeout=timeout, what="the operator to become ready")
 

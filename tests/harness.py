@@ -119,6 +119,15 @@ class Cluster:
 
         return wait_until(reached, timeout=timeout, what=f"AgentRun {namespace}/{name} to reach {'/'.join(wanted)}")
 
+    def wait_released(self, name: str, namespace: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until a finished run carries no finalizer (released right after its terminal write)."""
+
+        def released() -> dict[str, Any] | None:
+            body = self.get("agentrun", name, namespace)
+            return body if body and not body["metadata"].get("finalizers") else None
+
+        return wait_until(released, timeout=timeout, what=f"AgentRun {namespace}/{name} to lose its finalizer")
+
     def events_for(self, name: str, namespace: str) -> list[dict[str, Any]]:
         """Kubernetes Events about one AgentRun, oldest first."""
         result = self.kubectl(

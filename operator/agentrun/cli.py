@@ -82,14 +82,12 @@ def run_operator(argv: Sequence[str]) -> int:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     context = handlers.OperatorContext(settings=config)
-    liveness = f"http://0.0.0.0:{config.liveness_port}/healthz" if config.liveness_port else None
     asyncio.run(
         kopf.operator(
             registry=handlers.build_registry(),
             memo=kopf.Memo(context=context),
             clusterwide=not config.namespaces,
             namespaces=config.namespaces,
-            liveness_endpoint=liveness,
             standalone=True,
         )
     )

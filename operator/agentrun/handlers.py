@@ -15,6 +15,7 @@ from typing import Any
 
 import kopf
 
+from agentrun import health
 from agentrun import settings as settings_module
 from agentrun.api import models
 from agentrun.kube import connection
@@ -32,7 +33,14 @@ class OperatorContext:
     settings: settings_module.Settings
     scheduler: scheduler.Scheduler | None = None
     connection: connection.Connection | None = None
+    health: health.HealthServer | None = None
     background: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
+
+    def readiness(self) -> dict[str, Any]:
+        sched = self.scheduler
+        if sched is None:
+            return {"ready": False}
+        return {"ready": sched.ready, "active": sched.active_count, "queued": sched.queued_count}
 
 
 def build_registry() -> kopf.OperatorRegistry:
@@ -60,6 +68,9 @@ def build_registry() -> kopf.OperatorRegistry:
         context.scheduler = scheduler.Scheduler(
             run_store=run_store, run_runner=task_runner, settings=context.settings, run_metrics=run_metrics
         )
+        if context.settings.liveness_port:
+            context.health = health.HealthServer(context.settings.liveness_port, context.readiness)
+            await context.health.start()
         # Recovery reads every Running run; it runs beside the watch so /healthz answers meanwhile.
         _spawn(context, _recover_then_sweep(context.scheduler, context.settings))
 
@@ -75,14 +86,6 @@ def build_registry() -> kopf.OperatorRegistry:
             return
         context.scheduler.observe(run)
 
-    @kopf.on.probe(id="scheduler", registry=registry)
-    def probe(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
-        context: OperatorContext = memo["context"]
-        sched = context.scheduler
-        if sched is None:
-            return {"ready": False}
-        return {"ready": sched.ready, "active": sched.active_count, "queued": sched.queued_count}
-
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         context: OperatorContext = memo["context"]
@@ -93,6 +96,8 @@ def build_registry() -> kopf.OperatorRegistry:
             await context.scheduler.close()
         if context.connection is not None:
             await context.connection.close()
+        if context.health is not None:
+            await context.health.stop()
 
     return registry
 

@@ -134,7 +134,7 @@ def test_sigkill_then_restart_fails_orphans_with_operator_restarted(
     assert (status["phase"], status["reason"]) == ("Failed", "OperatorRestarted")
     assert f"the operator instance {crashed.instance} that ran this run stopped" in status["message"]
     assert status["events"][-1]["type"] == "run_failed"
-    assert "finalizers" not in body["metadata"]
+    cluster.wait_released("orphan", namespace)
     # Within the heartbeat window (3 s) plus the sweep interval and start-up.
     assert time.monotonic() - killed_at < 3 + 1 + 15
 
@@ -190,7 +190,7 @@ def test_stress_with_a_crash_leaves_every_run_terminal_exactly_once(
         status = item["status"]
         terminal_events = [e for e in status["events"] if e["type"] in ("run_succeeded", "run_failed")]
         assert len(terminal_events) == 1, status["events"]
-        assert "finalizers" not in item["metadata"]
+        cluster.wait_released(item["metadata"]["name"], namespace)
 
     # The watch saw every version: once terminal, a run's status never changed again.
     harness.wait_until(lambda: len(watch.events()) >= total, what="the watch to catch up")

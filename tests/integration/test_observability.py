@@ -62,9 +62,8 @@ def test_health_endpoint_and_json_logs(
     cluster: harness.Cluster, namespace: str, start_operator: Callable[..., harness.OperatorProcess]
 ) -> None:
     operator = start_operator(namespace, log_format="json")
-    health = operator.healthz()
-    assert health is not None
-    assert health["scheduler"] == {"ready": True, "active": 0, "queued": 0}
+    assert operator.probe("/healthz") == {"status": "ok"}
+    assert operator.probe("/readyz") == {"ready": True, "active": 0, "queued": 0}
     cluster.apply(harness.echo_run("logged", "hi"), namespace)
     cluster.wait_phase("logged", namespace)
     lines = [line for line in operator.logs().splitlines() if line.strip()]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pydantic
 from pydantic_ai import settings as ai_settings
-from pydantic_ai.models import openai as ai_openai
-from pydantic_ai.providers import openai_compatible
 
 from agentrun.api import models
 from agentrun.layers import base
@@ -57,6 +55,10 @@ class OpenAILayer(model.ModelLayer):
     config: OpenAIConfig
 
     async def provide(self, plan: base.AgentPlan, context: base.RunContext) -> None:
+        # The openai SDK costs ~25 MB of memory: load it when a run first needs it, not at start-up.
+        from pydantic_ai.models import openai as ai_openai
+        from pydantic_ai.providers import openai_compatible
+
         ref = self.config.api_key_secret_ref
         # Endpoints without authentication still need a non-empty key for the SDK.
         api_key = await context.read_secret(ref.name, ref.key) if ref is not None else "unused"
