@@ -34,6 +34,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "hack"))
 
 import localcluster  # noqa: E402
+import manifests  # noqa: E402
 import processes  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -44,19 +45,7 @@ CREATE_CONCURRENCY = 64
 
 
 def echo_run(name: str, delay: float = 0.0) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "AgentRun",
-        "metadata": {"name": name},
-        "spec": {
-            "composition": {
-                "layers": [
-                    {"name": "llm", "type": "model.echo", "config": {"delaySeconds": delay} if delay else {}},
-                    {"name": "prompt", "type": "plain.prompt", "config": {"user": f"benchmark {name}"}},
-                ]
-            }
-        },
-    }
+    return manifests.echo_run(name, f"benchmark {name}", delay=delay)
 
 
 def parse_time(value: str) -> float:
@@ -323,17 +312,7 @@ class Bench:
     async def restart(self, finished: int) -> dict[str, Any]:
         """Start over ``finished`` finished runs: time to ready, and writes made to them."""
         namespace = await self.namespace(f"restart-{finished}")
-        now = "2026-01-01T00:00:00.000000Z"
-        status = {
-            "phase": "Succeeded",
-            "reason": "Succeeded",
-            "output": "echo: old",
-            "startTime": now,
-            "completionTime": now,
-            "conditions": [{"type": "Succeeded", "status": "True", "reason": "Succeeded", "lastTransitionTime": now}],
-            "events": [{"id": 1, "type": "run_started", "time": now}, {"id": 2, "type": "run_succeeded", "time": now}],
-            "eventCount": 2,
-        }
+        status = manifests.finished_status()
         semaphore = asyncio.Semaphore(CREATE_CONCURRENCY)
 
         async def seed(i: int) -> None:

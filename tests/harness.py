@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 import localcluster
+import manifests
 import processes
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -141,26 +142,8 @@ def example(name: str) -> dict[str, Any]:
     return dict(yaml.safe_load((EXAMPLES / name).read_text()))
 
 
-def agent_run(name: str, layers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    """An AgentRun manifest."""
-    return {
-        "apiVersion": "agentrun.dev/v1alpha1",
-        "kind": "AgentRun",
-        "metadata": {"name": name},
-        "spec": {"composition": {"layers": layers}, **spec},
-    }
-
-
-def echo_run(name: str, prompt: str | list[str] = "hello", *, delay: float = 0.0, **spec: Any) -> dict[str, Any]:
-    """An AgentRun on the offline echo model."""
-    return agent_run(
-        name,
-        [
-            {"name": "llm", "type": "model.echo", "config": {"delaySeconds": delay} if delay else {}},
-            {"name": "prompt", "type": "plain.prompt", "config": {"user": prompt}},
-        ],
-        **spec,
-    )
+agent_run = manifests.agent_run
+echo_run = manifests.echo_run
 
 
 class OperatorProcess(processes.OperatorProcess):

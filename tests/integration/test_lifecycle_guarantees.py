@@ -19,6 +19,7 @@ import pytest
 from kubernetes_asyncio import client, config
 
 import harness
+import manifests
 
 pytestmark = pytest.mark.integration
 
@@ -238,29 +239,13 @@ async def _create_finished(kubeconfig: str, namespace: str, count: int) -> None:
             await custom.create_namespaced_custom_object(
                 "agentrun.dev", "v1alpha1", namespace, "agentruns", harness.echo_run(name, "old")
             )
-            now = "2026-01-01T00:00:00.000000Z"
-            status = {
-                "phase": "Succeeded",
-                "reason": "Succeeded",
-                "output": "echo: old",
-                "startTime": now,
-                "completionTime": now,
-                "conditions": [
-                    {"type": "Succeeded", "status": "True", "reason": "Succeeded", "lastTransitionTime": now}
-                ],
-                "events": [
-                    {"id": 1, "type": "run_started", "time": now},
-                    {"id": 2, "type": "run_succeeded", "time": now},
-                ],
-                "eventCount": 2,
-            }
             await custom.patch_namespaced_custom_object_status(
                 "agentrun.dev",
                 "v1alpha1",
                 namespace,
                 "agentruns",
                 name,
-                {"status": status},
+                {"status": manifests.finished_status()},
                 _content_type="application/merge-patch+json",
             )
 

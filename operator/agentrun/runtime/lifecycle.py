@@ -61,6 +61,31 @@ class Deps:
     metrics: metrics.Metrics
 
 
+def ending_change(
+    ending: transitions.Ending,
+    *,
+    clock: runner.Clock,
+    ring_size: int,
+    events: list[transitions.PendingEvent] | None = None,
+    still_applies: Callable[[store.RunObject], bool] | None = None,
+) -> recorder.StatusChange:
+    """The change that records ``ending``; it declines once the run is terminal (the first end wins)."""
+
+    def change(current: store.RunObject) -> models.AgentRunStatus | None:
+        if current.status.phase.terminal or (still_applies is not None and not still_applies(current)):
+            return None
+        return transitions.ended(
+            current.status,
+            ending,
+            events=events or (),
+            generation=current.generation,
+            now=clock(),
+            ring_size=ring_size,
+        )
+
+    return change
+
+
 def record_finished(run_metrics: metrics.Metrics, status: models.AgentRunStatus) -> None:
     """Count a terminal status this operator has just recorded."""
     duration = None
@@ -260,20 +285,9 @@ class RunLifecycle:
 
     async def _conclude(self, ending: transitions.Ending) -> None:
         deps = self.deps
-        events = list(self._progress.pending)
-
-        def end(current: store.RunObject) -> models.AgentRunStatus | None:
-            if current.status.phase.terminal:
-                return None  # the first terminal state wins
-            return transitions.ended(
-                current.status,
-                ending,
-                events=events,
-                generation=current.generation,
-                now=deps.clock(),
-                ring_size=deps.settings.event_ring_size,
-            )
-
+        end = ending_change(
+            ending, clock=deps.clock, ring_size=deps.settings.event_ring_size, events=list(self._progress.pending)
+        )
         written = await deps.recorder.write_status(self.run, end, what="record the end", deadline=self.write_deadline)
         if written is None:
             logger.error("AgentRun %s: final status %s could not be recorded", self.ref, ending.reason.value)

@@ -144,6 +144,8 @@ class Scheduler:
         return failed
 
     def _is_orphan(self, run: store.RunObject) -> bool:
+        if run.status.phase is not models.Phase.RUNNING:
+            return False
         owner = run.status.runner.instance if run.status.runner else None
         if owner == self._settings.instance and run.ref not in self._active:
             return True  # ours by name but not in memory: this instance restarted
@@ -164,19 +166,13 @@ class Scheduler:
             f"the operator instance {owner} that ran this run stopped"
             f" (last heartbeat {beat.isoformat() if beat else 'never'}); the run did not finish"
         )
-        ending = transitions.failure(models.Reason.OPERATOR_RESTARTED, message)
-
-        def fail(current: store.RunObject) -> models.AgentRunStatus | None:
-            if current.status.phase is not models.Phase.RUNNING or not self._is_orphan(current):
-                return None  # finished meanwhile, or its owner is alive after all
-            return transitions.ended(
-                current.status,
-                ending,
-                generation=current.generation,
-                now=self._clock(),
-                ring_size=self._settings.event_ring_size,
-            )
-
+        fail = lifecycle.ending_change(
+            transitions.failure(models.Reason.OPERATOR_RESTARTED, message),
+            clock=self._clock,
+            ring_size=self._settings.event_ring_size,
+            # Its owner may have renewed the heartbeat since we looked: then it is alive after all.
+            still_applies=self._is_orphan,
+        )
         written = await self.recorder.write_status(run, fail, what="fail the orphaned run")
         if written is None or not written.changed:
             return 0
@@ -237,18 +233,7 @@ class Scheduler:
 
     async def _cancel_unowned(self, run: store.RunObject) -> None:
         ending = lifecycle.StopCause.DELETED.ending()
-
-        def cancel(current: store.RunObject) -> models.AgentRunStatus | None:
-            if current.status.phase.terminal:
-                return None
-            return transitions.ended(
-                current.status,
-                ending,
-                generation=current.generation,
-                now=self._clock(),
-                ring_size=self._settings.event_ring_size,
-            )
-
+        cancel = lifecycle.ending_change(ending, clock=self._clock, ring_size=self._settings.event_ring_size)
         written = await self.recorder.write_status(run, cancel, what="record the cancellation")
         if written is not None:
             if written.changed:
