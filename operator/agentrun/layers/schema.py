@@ -27,8 +27,7 @@ def prepare_output_schema(schema: Any) -> dict[str, Any]:
     """
     if not isinstance(schema, dict):
         raise SchemaRejected(f"output jsonSchema must be a JSON object, got {type(schema).__name__}")
-    if schema.get("type", "object") != "object":
-        raise SchemaRejected(f"output jsonSchema must describe an object (type: object), got type {schema['type']!r}")
+    _require_object(schema)
     defs = schema.get("$defs", {})
     if not isinstance(defs, dict):
         raise SchemaRejected("output jsonSchema $defs must be an object of named schemas")
@@ -36,8 +35,14 @@ def prepare_output_schema(schema: Any) -> dict[str, Any]:
     body = {key: value for key, value in schema.items() if key != "$defs"}
     inlined = _inline(body, defs)
     assert isinstance(inlined, dict)
+    _require_object(inlined)  # a root $ref may have brought in another type
     inlined.setdefault("type", "object")
     return inlined
+
+
+def _require_object(schema: dict[str, Any]) -> None:
+    if schema.get("type", "object") != "object":
+        raise SchemaRejected(f"output jsonSchema must describe an object (type: object), got type {schema['type']!r}")
 
 
 def _def_name(ref: Any) -> str:

@@ -288,19 +288,27 @@ class RunLifecycle:
         end = ending_change(
             ending, clock=deps.clock, ring_size=deps.settings.event_ring_size, events=list(self._progress.pending)
         )
-        written = await deps.recorder.write_status(self.run, end, what="record the end", deadline=self.write_deadline)
+        unstorable = ending_change(
+            transitions.failure(
+                models.Reason.INTERNAL_ERROR,
+                f"the run ended ({ending.reason.value}) but the API server rejected its status; see the operator log",
+            ),
+            clock=deps.clock,
+            ring_size=deps.settings.event_ring_size,
+        )
+        written = await deps.recorder.write_status(
+            self.run, end, what="record the end", deadline=self.write_deadline, fallback=unstorable
+        )
         if written is None:
             logger.error("AgentRun %s: final status %s could not be recorded", self.ref, ending.reason.value)
             return
         self.run = written.run
         if written.changed:
-            record_finished(deps.metrics, written.run.status)
-            severity = (
-                store.EventSeverity.NORMAL if ending.phase is models.Phase.SUCCEEDED else store.EventSeverity.WARNING
-            )
-            deps.on_event(
-                written.run, severity, ending.phase.value, ending.message or f"run {ending.phase.value.lower()}"
-            )
+            recorded = written.run.status  # the ending, or the minimal fallback
+            record_finished(deps.metrics, recorded)
+            succeeded = recorded.phase is models.Phase.SUCCEEDED
+            severity = store.EventSeverity.NORMAL if succeeded else store.EventSeverity.WARNING
+            deps.on_event(written.run, severity, recorded.phase.value, recorded.message or "run succeeded")
         await self._release()
 
     async def _release(self) -> None:

@@ -87,7 +87,12 @@ class Recorder:
                     if not await backoff.sleep(deadline):
                         break
                 continue
-            except (store.Unavailable, store.Forbidden, store.Rejected) as error:
+            except store.Rejected as error:
+                # The same request would be refused again: report it and stop.
+                self._failed(error)
+                logger.error("could not %s of AgentRun %s: the API server rejected it: %s", what, run.ref, error)
+                return None
+            except (store.Unavailable, store.Forbidden) as error:
                 self._failed(error)
                 level = logging.ERROR if isinstance(error, (store.Forbidden, store.Rejected)) else logging.WARNING
                 logger.log(level, "could not %s of AgentRun %s, will retry: %s", what, run.ref, error)
@@ -97,21 +102,39 @@ class Recorder:
         return None
 
     async def write_status(
-        self, run: store.RunObject, change: StatusChange, *, what: str, deadline: float | None = None
+        self,
+        run: store.RunObject,
+        change: StatusChange,
+        *,
+        what: str,
+        deadline: float | None = None,
+        fallback: StatusChange | None = None,
     ) -> Written | None:
         """Write ``change(stored run)`` until it is recorded; ``None`` if the run is gone or out of time.
 
         When the change declines (returns ``None``) nothing is written and ``changed`` is false.
+        If the API server rejects the status as invalid, ``fallback`` (a smaller status) is
+        written instead, so that a run never stays Running because its result was unstorable.
         """
         changed = False
+        current_change = change
 
         async def attempt(current: store.RunObject) -> store.RunObject | None:
-            nonlocal changed
-            status = change(current)
+            nonlocal changed, current_change
+            status = current_change(current)
             changed = status is not None
             if status is None:
                 return current
-            return await self._store.write_status(current, status)
+            try:
+                return await self._store.write_status(current, status)
+            except store.Rejected as error:
+                if fallback is None or current_change is fallback:
+                    raise
+                logger.error(
+                    "AgentRun %s: the API server rejected the status, recording a minimal one: %s", current.ref, error
+                )
+                current_change = fallback
+                return await attempt(current)
 
         stored = await self._retrying(run, what, attempt, deadline)
         return None if stored is None else Written(stored, changed)

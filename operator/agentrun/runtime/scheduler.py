@@ -105,7 +105,8 @@ class Scheduler:
         if ref not in self._queue:
             self._queue[ref] = run
             self._pump()
-            if ref in self._queue and run.status.reason != models.Reason.QUEUED.value:
+            # Queued means waiting for a slot, not waiting for startup recovery to finish.
+            if ref in self._queue and self._recovered.is_set() and run.status.reason != models.Reason.QUEUED.value:
                 self._chore(self._mark_queued(run))
         else:
             self._queue[ref] = run

@@ -1,0 +1,365 @@
+"""In-memory fakes of the runtime's ports, and the helpers the unit tier shares.
+
+``FakeRunStore`` behaves like the API server as :class:`agentrun.runtime.store.RunStore`
+sees it: objects live as wire bodies, every write bumps a global resourceVersion,
+guarded writes at a stale resourceVersion raise ``Conflict``, missing objects raise
+``NotFound``, removing the last finalizer of a deleting object deletes it, and watchers
+receive each new version of an object asynchronously, as a watch stream delivers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+import datetime
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agentrun import settings as settings_module
+from agentrun.api import models
+from agentrun.layers import errors
+from agentrun.runtime import runner, scheduler, store
+
+NAMESPACE = "ns"
+EPOCH = datetime.datetime(2025, 1, 1, 12, 0, tzinfo=datetime.UTC)
+
+Watcher = Callable[[str, store.RunObject], None]
+"""Receives ``(event type, object)``: ``ADDED``, ``MODIFIED`` or ``DELETED``."""
+
+MakeScheduler = Callable[..., scheduler.Scheduler]
+"""Builds a scheduler wired to the fake store (the ``make_scheduler`` fixture)."""
+
+
+def settings(**overrides: Any) -> settings_module.Settings:
+    """Operator settings with small, explicit timings for the unit tier."""
+    values: dict[str, Any] = {
+        "instance": "test",
+        "heartbeat_interval_seconds": 0.2,
+        "heartbeat_timeout_seconds": 1,
+        "progress_interval_seconds": 0.05,
+        "liveness_port": 0,
+        "metrics_port": 0,
+    }
+    values.update(overrides)
+    return settings_module.Settings(**values)
+
+
+def echo_spec(user: str | list[str] = "hi", *, delay: float = 0.0, **fields: Any) -> dict[str, Any]:
+    """A wire-format spec with the offline echo model and one prompt layer."""
+    echo: dict[str, Any] = {"name": "llm", "type": "model.echo"}
+    if delay:
+        echo["config"] = {"delaySeconds": delay}
+    return {
+        "composition": {"layers": [echo, {"name": "prompt", "type": "plain.prompt", "config": {"user": user}}]},
+        **fields,
+    }
+
+
+async def eventually(predicate: Callable[[], bool], *, what: str, timeout: float = 5.0) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` past the deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+@dataclasses.dataclass(frozen=True)
+class Write:
+    """One write the store accepted: a status (``detail`` is the phase) or a finalizer change."""
+
+    kind: str
+    name: str
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """One write the store refused, and why."""
+
+    kind: str
+    name: str
+    error: str
+
+
+class FakeRunStore:
+    """An in-memory API server for AgentRuns, faithful to the RunStore contract."""
+
+    def __init__(self) -> None:
+        self._bodies: dict[tuple[str, str], dict[str, Any]] = {}
+        self._gone: dict[tuple[str, str], dict[str, Any]] = {}
+        self._revision = itertools.count(1)
+        self._uids = itertools.count(1)
+        self._failures: list[store.StoreError] = []
+        self._watchers: list[Watcher] = []
+        self.writes: list[Write] = []
+        self.refusals: list[Refusal] = []
+        self.events: list[tuple[str, str, str]] = []
+        self.payloads: dict[str, str] = {}
+        self.secrets: dict[tuple[str, str, str], str] = {}
+        self.reads = 0
+
+    # --- what tests do to the store ---------------------------------------------------
+
+    def add(
+        self,
+        name: str,
+        spec: dict[str, Any] | None = None,
+        *,
+        status: models.AgentRunStatus | None = None,
+        finalizers: tuple[str, ...] = (),
+        namespace: str = NAMESPACE,
+    ) -> store.RunObject:
+        """Create an object, as ``kubectl apply`` would."""
+        key = (namespace, name)
+        assert key not in self._bodies, f"{namespace}/{name} exists already"
+        body: dict[str, Any] = {
+            "apiVersion": models.API_VERSION,
+            "kind": models.KIND,
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": f"uid-{next(self._uids)}",
+                "generation": 1,
+                "resourceVersion": str(next(self._revision)),
+                "finalizers": list(finalizers),
+            },
+            "spec": spec if spec is not None else echo_spec(),
+        }
+        if status is not None:
+            body["status"] = status.to_wire()
+        self._bodies[key] = body
+        self._notify("ADDED", body)
+        return self.object(name, namespace)
+
+    def object(self, name: str, namespace: str = NAMESPACE) -> store.RunObject:
+        """The object as stored now; KeyError if it is gone."""
+        return store.RunObject.from_body(copy.deepcopy(self._bodies[namespace, name]))
+
+    def last(self, name: str, namespace: str = NAMESPACE) -> store.RunObject:
+        """The object as stored now, or as it was when it was deleted."""
+        key = (namespace, name)
+        body = self._bodies.get(key) or self._gone[key]
+        return store.RunObject.from_body(copy.deepcopy(body))
+
+    def exists(self, name: str, namespace: str = NAMESPACE) -> bool:
+        return (namespace, name) in self._bodies
+
+    def set_status(self, name: str, status: models.AgentRunStatus, namespace: str = NAMESPACE) -> None:
+        """Another writer replaces the status (not recorded as one of our writes)."""
+        body = self._bodies[namespace, name]
+        body["status"] = status.to_wire()
+        self._bump(body)
+
+    def touch(self, name: str, namespace: str = NAMESPACE) -> None:
+        """Another client changes metadata: only the resourceVersion moves for us."""
+        body = self._bodies[namespace, name]
+        annotations = body["metadata"].setdefault("annotations", {})
+        annotations["touched"] = str(int(annotations.get("touched", "0")) + 1)
+        self._bump(body)
+
+    def delete(self, name: str, namespace: str = NAMESPACE) -> None:
+        """``kubectl delete``: finalizers hold the object with a deletionTimestamp, else it is gone."""
+        key = (namespace, name)
+        body = self._bodies[key]
+        if body["metadata"]["finalizers"]:
+            body["metadata"]["deletionTimestamp"] = "2025-01-01T12:00:00Z"
+            self._bump(body)
+        else:
+            self._remove(key)
+
+    def fail_next_writes(self, count: int, error: type[store.StoreError] = store.Unavailable) -> None:
+        """The next ``count`` status or finalizer writes fail with ``error``."""
+        self._failures.extend(error(f"injected {error.__name__}") for _ in range(count))
+
+    def watch(self, watcher: Watcher) -> None:
+        """Deliver every object as it is now, then each change, like a watch stream."""
+        self._watchers.append(watcher)
+        for body in self._bodies.values():
+            self._deliver(watcher, "ADDED", body)
+
+    def unwatch(self, watcher: Watcher) -> None:
+        self._watchers.remove(watcher)
+
+    def writes_of(self, name: str) -> list[tuple[str, str]]:
+        return [(write.kind, write.detail) for write in self.writes if write.name == name]
+
+    def status_writes_of(self, name: str) -> list[str]:
+        return [detail for kind, detail in self.writes_of(name) if kind == "status"]
+
+    # --- the RunStore protocol -----------------------------------------------------------
+
+    async def get(self, ref: store.RunRef) -> store.RunObject:
+        await asyncio.sleep(0)
+        self.reads += 1
+        body = self._bodies.get((ref.namespace, ref.name))
+        if body is None:
+            raise store.NotFound(f"AgentRun {ref} not found")
+        return store.RunObject.from_body(copy.deepcopy(body))
+
+    async def list_running(self) -> list[store.RunObject]:
+        await asyncio.sleep(0)
+        return [
+            store.RunObject.from_body(copy.deepcopy(body))
+            for body in self._bodies.values()
+            if (body.get("status") or {}).get("phase") == models.Phase.RUNNING.value
+        ]
+
+    async def write_status(self, run: store.RunObject, status: models.AgentRunStatus) -> store.RunObject:
+        await asyncio.sleep(0)
+        body = self._guarded("status", run)
+        body["status"] = status.to_wire()
+        self._bump(body)
+        self.writes.append(Write("status", run.ref.name, status.phase.value))
+        return store.RunObject.from_body(copy.deepcopy(body))
+
+    async def set_finalizer(self, run: store.RunObject, present: bool) -> store.RunObject | None:
+        await asyncio.sleep(0)
+        try:
+            body = self._guarded("finalizer", run)
+        except store.NotFound:
+            return None
+        metadata = body["metadata"]
+        others = [f for f in metadata["finalizers"] if f != models.FINALIZER]
+        if present and "deletionTimestamp" in metadata and models.FINALIZER not in metadata["finalizers"]:
+            self.refusals.append(Refusal("finalizer", run.ref.name, "Rejected"))
+            raise store.Rejected("no new finalizers can be added if the object is being deleted")
+        metadata["finalizers"] = [*others, models.FINALIZER] if present else others
+        self.writes.append(Write("finalizer", run.ref.name, "add" if present else "remove"))
+        if "deletionTimestamp" in metadata and not metadata["finalizers"]:
+            snapshot = copy.deepcopy(body)
+            self._remove((run.ref.namespace, run.ref.name))
+            return store.RunObject.from_body(snapshot)
+        self._bump(body)
+        return store.RunObject.from_body(copy.deepcopy(body))
+
+    async def store_payload(self, run: store.RunObject, purpose: str, payload: str) -> models.ContentRef:
+        await asyncio.sleep(0)
+        name = f"{run.ref.name}-{purpose}"
+        self.payloads[name] = payload
+        return models.ContentRef(kind="Secret", name=name, key=f"{purpose}.json", size_bytes=len(payload.encode()))
+
+    async def read_secret(self, namespace: str, name: str, key: str) -> str:
+        await asyncio.sleep(0)
+        value = self.secrets.get((namespace, name, key))
+        if value is None:
+            raise store.NotFound(f"Secret {namespace}/{name} has no key {key!r}")
+        return value
+
+    async def record_event(
+        self, run: store.RunObject, severity: store.EventSeverity, reason: str, message: str, now: datetime.datetime
+    ) -> None:
+        await asyncio.sleep(0)
+        self.events.append((run.ref.name, severity.value, reason))
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _guarded(self, kind: str, run: store.RunObject) -> dict[str, Any]:
+        body = self._bodies.get((run.ref.namespace, run.ref.name))
+        if body is None:
+            self.refusals.append(Refusal(kind, run.ref.name, "NotFound"))
+            raise store.NotFound(f"AgentRun {run.ref} not found")
+        if self._failures:
+            failure = self._failures.pop(0)
+            self.refusals.append(Refusal(kind, run.ref.name, type(failure).__name__))
+            raise failure
+        if body["metadata"]["resourceVersion"] != run.resource_version:
+            self.refusals.append(Refusal(kind, run.ref.name, "Conflict"))
+            raise store.Conflict(f"AgentRun {run.ref} was modified")
+        return body
+
+    def _bump(self, body: dict[str, Any]) -> None:
+        body["metadata"]["resourceVersion"] = str(next(self._revision))
+        self._notify("MODIFIED", body)
+
+    def _remove(self, key: tuple[str, str]) -> None:
+        body = self._bodies.pop(key)
+        self._gone[key] = body
+        self._notify("DELETED", body)
+
+    def _notify(self, event_type: str, body: dict[str, Any]) -> None:
+        for watcher in self._watchers:
+            self._deliver(watcher, event_type, body)
+
+    def _deliver(self, watcher: Watcher, event_type: str, body: dict[str, Any]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop, no watch stream
+        snapshot = copy.deepcopy(body)
+
+        def deliver() -> None:
+            if watcher in self._watchers:
+                watcher(event_type, store.RunObject.from_body(snapshot))
+
+        loop.call_soon(deliver)
+
+
+@dataclasses.dataclass
+class Script:
+    """How the fake runner executes one run."""
+
+    gate: asyncio.Event | None = None
+    """When set, the run waits for it before finishing."""
+    failure: errors.RunFailure | None = None
+    output: Any = "done"
+    progress: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
+
+
+class ScriptedRunner:
+    """A Runner that follows a per-run :class:`Script` and records what happened."""
+
+    def __init__(self) -> None:
+        self.scripts: dict[str, Script] = {}
+        self.started: list[str] = []
+        self.finished: list[str] = []
+        self.cancelled: list[str] = []
+
+    def gate(self, name: str) -> asyncio.Event:
+        """Make run ``name`` wait until the returned event is set."""
+        gate = asyncio.Event()
+        self.scripts[name] = dataclasses.replace(self.scripts.get(name, Script()), gate=gate)
+        return gate
+
+    async def execute(self, run: store.RunObject, progress: runner.ProgressSink) -> runner.RunOutcome:
+        name = run.ref.name
+        script = self.scripts.get(name, Script())
+        self.started.append(name)
+        for event_type, data in script.progress:
+            progress.emit(event_type, data)
+        try:
+            if script.gate is not None:
+                await script.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled.append(name)
+            raise
+        if script.failure is not None:
+            raise script.failure
+        self.finished.append(name)
+        layers = run.spec.composition.layers if run.spec else []
+        return runner.RunOutcome(
+            output=script.output,
+            usage=models.Usage(requests=1, input_tokens=3, output_tokens=2),
+            session_snapshot=models.SessionSnapshot(
+                layers=[
+                    models.LayerSnapshot(name=layer.name, lifecycle_state=models.LifecycleState.SUSPENDED)
+                    for layer in layers
+                ]
+            ),
+        )
+
+
+class Clock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, now: datetime.datetime = EPOCH) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime.datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += datetime.timedelta(seconds=seconds)

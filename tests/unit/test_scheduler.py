@@ -1,0 +1,626 @@
+"""The scheduler and a run's lifecycle against the in-memory store.
+
+The fake store delivers every change to the scheduler as the kopf watch would, so
+each test also proves that observing a run again changes nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+
+import fakes
+import pytest
+
+from agentrun.api import models
+from agentrun.layers import errors
+from agentrun.runtime import lifecycle, runner, scheduler, transitions
+
+HAPPY_WRITES = [("finalizer", "add"), ("status", "Running"), ("status", "Succeeded"), ("finalizer", "remove")]
+# Heartbeats long enough that none falls inside a test which counts writes.
+QUIET = {"heartbeat_interval_seconds": 5, "heartbeat_timeout_seconds": 11}
+
+
+async def started(make_scheduler: fakes.MakeScheduler, **settings: object) -> scheduler.Scheduler:
+    sched = make_scheduler(**settings)
+    assert await sched.recover() == 0
+    assert sched.ready
+    return sched
+
+
+def phase_of(run_store: fakes.FakeRunStore, name: str) -> models.Phase:
+    return run_store.last(name).status.phase
+
+
+async def finished(run_store: fakes.FakeRunStore, name: str, *, timeout: float = 5.0) -> models.AgentRunStatus:
+    """Wait until the run is terminal and our finalizer is gone."""
+
+    def done() -> bool:
+        run = run_store.last(name)
+        return run.status.phase.terminal and not run.has_finalizer
+
+    await fakes.eventually(done, what=f"{name} to finish and let go", timeout=timeout)
+    return run_store.last(name).status
+
+
+async def test_pending_run_runs_then_succeeds_with_writes_in_order(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    sched = await started(make_scheduler, **QUIET)
+    gate = scripted_runner.gate("a")
+    run_store.add("a")
+
+    await fakes.eventually(lambda: phase_of(run_store, "a") is models.Phase.RUNNING, what="a to run")
+    running = run_store.object("a")
+    assert running.has_finalizer
+    assert running.status.runner is not None
+    assert running.status.runner.instance == "test"
+    assert sched.active_count == 1
+    gate.set()
+    status = await finished(run_store, "a")
+
+    assert run_store.writes_of("a") == HAPPY_WRITES
+    assert (status.phase, status.reason, status.output) == (models.Phase.SUCCEEDED, "Succeeded", "done")
+    assert [event.type for event in status.events] == ["run_started", "run_succeeded"]
+    assert status.session_snapshot is not None
+    assert run_store.refusals == []
+    await sched.wait_idle()
+    assert ("a", "Normal", "Started") in run_store.events
+    assert ("a", "Normal", "Succeeded") in run_store.events
+    assert sched.active_count == 0
+
+
+async def test_echo_run_through_the_task_runner(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, task_runner: runner.TaskRunner
+) -> None:
+    sched = make_scheduler(task_runner)
+    await sched.recover()
+    run_store.add("hello", fakes.echo_spec("Say hello to the platform team."))
+
+    status = await finished(run_store, "hello")
+
+    assert status.phase is models.Phase.SUCCEEDED
+    assert status.output == "echo: Say hello to the platform team."
+    assert status.usage is not None
+    assert status.usage.requests == 1
+    types = [event.type for event in status.events]
+    assert types == ["run_started", "model_request", "run_succeeded"]
+    assert [event.id for event in status.events] == [1, 2, 3]
+    assert run_store.writes_of("hello")[0] == ("finalizer", "add")
+    assert run_store.writes_of("hello")[-2:] == [("status", "Succeeded"), ("finalizer", "remove")]
+
+
+FAILURES = [
+    pytest.param(
+        fakes.echo_spec(["", " "]), "InvalidRequest", "run.user_prompts must not be empty", id="blank-prompts"
+    ),
+    pytest.param(
+        {
+            "composition": {
+                "layers": [
+                    {"name": "llm", "type": "model.echo"},
+                    {"name": "prompt", "type": "plain.prompt", "config": {"user": "x"}},
+                    {
+                        "name": "output",
+                        "type": "agentrun.output",
+                        "config": {
+                            "jsonSchema": {
+                                "type": "object",
+                                "properties": {"n": {"$ref": "#/$defs/N"}},
+                                "$defs": {"N": {"type": "array", "items": {"$ref": "#/$defs/N"}}},
+                            }
+                        },
+                    },
+                ]
+            }
+        },
+        "InvalidRequest",
+        "Recursive $defs refs are not supported for structured output exposure.",
+        id="recursive-schema",
+    ),
+    pytest.param(
+        fakes.echo_spec(
+            "again",
+            sessionSnapshot={
+                "layers": [
+                    {"name": "llm", "lifecycleState": "suspended"},
+                    {"name": "prompt", "lifecycleState": "closed"},
+                ]
+            },
+        ),
+        "InvalidRequest",
+        "Layer 'prompt' is closed; CLOSED snapshots cannot be entered.",
+        id="closed-snapshot",
+    ),
+    pytest.param(
+        {
+            "composition": {
+                "layers": [
+                    {
+                        "name": "llm",
+                        "type": "model.openai",
+                        "config": {"model": "m", "apiKeySecretRef": {"name": "llm-credentials", "key": "api-key"}},
+                    },
+                    {"name": "prompt", "type": "plain.prompt", "config": {"user": "x"}},
+                ]
+            }
+        },
+        "CredentialsUnavailable",
+        "Secret 'llm-credentials' with key 'api-key' was not found in namespace 'ns'",
+        id="missing-secret",
+    ),
+    pytest.param(
+        fakes.echo_spec("x", runner={"mode": "pod"}),
+        "InvalidRequest",
+        "runner mode 'pod' is not available in this operator; use mode 'task'",
+        id="pod-mode",
+    ),
+    pytest.param(
+        {"composition": {}}, "InvalidRequest", "spec is invalid: composition.layers: Field required", id="bad-spec"
+    ),
+]
+
+
+@pytest.mark.parametrize(("spec", "reason", "message"), FAILURES)
+async def test_request_shaped_problems_fail_after_admission(
+    make_scheduler: fakes.MakeScheduler,
+    run_store: fakes.FakeRunStore,
+    task_runner: runner.TaskRunner,
+    spec: dict[str, object],
+    reason: str,
+    message: str,
+) -> None:
+    sched = make_scheduler(task_runner)
+    await sched.recover()
+    run_store.add("bad", spec)
+
+    status = await finished(run_store, "bad")
+
+    assert (status.phase, status.reason, status.message) == (models.Phase.FAILED, reason, message)
+    assert [event.type for event in status.events] == ["run_started", "run_failed"]
+    assert status.events[-1].data == {"reason": reason, "message": message}
+    condition = status.condition(models.CONDITION_SUCCEEDED)
+    assert condition is not None
+    assert (condition.status, condition.reason) == (models.ConditionStatus.FALSE, reason)
+
+
+async def test_conflicting_write_is_retried_from_the_stored_object(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    await started(make_scheduler, **QUIET)
+    gate = scripted_runner.gate("a")
+    run_store.add("a")
+    await fakes.eventually(lambda: phase_of(run_store, "a") is models.Phase.RUNNING, what="a to run")
+
+    run_store.touch("a")  # someone else moves the resourceVersion
+    gate.set()
+    status = await finished(run_store, "a")
+
+    assert status.phase is models.Phase.SUCCEEDED
+    assert fakes.Refusal("status", "a", "Conflict") in run_store.refusals
+    assert run_store.writes_of("a") == HAPPY_WRITES
+
+
+async def test_terminal_state_recorded_meanwhile_is_never_overwritten(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    await started(make_scheduler, **QUIET)
+    gate = scripted_runner.gate("a")
+    run_store.add("a")
+    await fakes.eventually(lambda: phase_of(run_store, "a") is models.Phase.RUNNING, what="a to run")
+    first = transitions.ended(
+        run_store.object("a").status,
+        transitions.failure(models.Reason.POD_FAILED, "recorded first"),
+        generation=1,
+        now=fakes.EPOCH,
+        ring_size=50,
+    )
+    run_store.set_status("a", first)
+
+    gate.set()
+    await fakes.eventually(lambda: not run_store.object("a").has_finalizer, what="the finalizer to be released")
+
+    stored = run_store.object("a").status
+    assert (stored.phase, stored.reason, stored.message) == (models.Phase.FAILED, "PodFailed", "recorded first")
+    assert stored.events == first.events
+    assert run_store.status_writes_of("a") == ["Running"]
+    assert fakes.Refusal("status", "a", "Conflict") in run_store.refusals
+
+
+@pytest.mark.parametrize("failing", ["admission", "conclusion"])
+async def test_transient_write_failures_are_retried(
+    make_scheduler: fakes.MakeScheduler,
+    run_store: fakes.FakeRunStore,
+    scripted_runner: fakes.ScriptedRunner,
+    failing: str,
+) -> None:
+    sched = await started(make_scheduler, **QUIET)
+    gate = scripted_runner.gate("a")
+    if failing == "admission":
+        run_store.fail_next_writes(2)
+    run_store.add("a")
+    await fakes.eventually(lambda: phase_of(run_store, "a") is models.Phase.RUNNING, what="a to run")
+    if failing == "conclusion":
+        run_store.fail_next_writes(2)
+    gate.set()
+
+    status = await finished(run_store, "a")
+
+    assert status.phase is models.Phase.SUCCEEDED
+    assert run_store.writes_of("a") == HAPPY_WRITES
+    kind = "finalizer" if failing == "admission" else "status"
+    assert run_store.refusals == [fakes.Refusal(kind, "a", "Unavailable")] * 2
+    failures = sched.metrics.registry.get_sample_value("agentrun_status_write_failures_total", {"cause": "Unavailable"})
+    assert failures == 2
+
+
+async def test_concurrency_cap_queues_the_second_run_until_the_first_ends(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    sched = await started(make_scheduler, max_concurrent_runs=1, **QUIET)
+    gate = scripted_runner.gate("first")
+    run_store.add("first")
+    await fakes.eventually(lambda: phase_of(run_store, "first") is models.Phase.RUNNING, what="first to run")
+    run_store.add("second")
+
+    await fakes.eventually(lambda: run_store.object("second").status.reason == "Queued", what="second to be queued")
+    queued = run_store.object("second")
+    assert queued.status.phase is models.Phase.PENDING
+    assert not queued.has_finalizer
+    assert (sched.active_count, sched.queued_count) == (1, 1)
+    assert scripted_runner.started == ["first"]
+
+    gate.set()
+    assert (await finished(run_store, "second")).phase is models.Phase.SUCCEEDED
+    assert (await finished(run_store, "first")).phase is models.Phase.SUCCEEDED
+    assert scripted_runner.started == ["first", "second"]
+    order = [(w.name, w.kind, w.detail) for w in run_store.writes]
+    assert order.index(("first", "status", "Succeeded")) < order.index(("second", "finalizer", "add"))
+    assert run_store.writes_of("second") == [("status", "Pending"), *HAPPY_WRITES]
+    assert (sched.active_count, sched.queued_count) == (0, 0)
+
+
+async def test_deleting_a_running_run_cancels_it_and_lets_it_go(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    sched = await started(make_scheduler, **QUIET)
+    scripted_runner.gate("a")  # never opened: only the deletion ends it
+    run_store.add("a")
+    await fakes.eventually(lambda: phase_of(run_store, "a") is models.Phase.RUNNING, what="a to run")
+
+    run_store.delete("a")
+    await fakes.eventually(lambda: not run_store.exists("a"), what="the object to be deleted")
+
+    status = run_store.last("a").status
+    assert (status.phase, status.reason, status.message) == (
+        models.Phase.CANCELLED,
+        "Cancelled",
+        lifecycle.DELETED_MESSAGE,
+    )
+    assert status.events[-1].type == "run_cancelled"
+    assert scripted_runner.cancelled == ["a"]
+    assert run_store.writes_of("a") == [
+        ("finalizer", "add"),
+        ("status", "Running"),
+        ("status", "Cancelled"),
+        ("finalizer", "remove"),
+    ]
+    await fakes.eventually(lambda: sched.active_count == 0, what="the slot to be freed")
+
+
+async def test_deleting_a_run_held_by_an_earlier_life_records_the_cancellation(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore
+) -> None:
+    run_store.add("held", status=running_status("other", NOW), finalizers=(models.FINALIZER,))
+    sched = make_scheduler(clock=fakes.Clock(NOW))
+    assert await sched.recover() == 0  # its owner looks alive
+
+    run_store.delete("held")
+    await fakes.eventually(lambda: not run_store.exists("held"), what="the object to be deleted")
+
+    assert run_store.last("held").status.phase is models.Phase.CANCELLED
+    assert run_store.writes_of("held") == [("status", "Cancelled"), ("finalizer", "remove")]
+
+
+async def test_deleting_a_queued_run_drops_it_from_the_queue(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    sched = await started(make_scheduler, max_concurrent_runs=1, **QUIET)
+    scripted_runner.gate("busy")
+    run_store.add("busy")
+    await fakes.eventually(lambda: phase_of(run_store, "busy") is models.Phase.RUNNING, what="busy to run")
+    run_store.add("waiting")
+    await fakes.eventually(lambda: sched.queued_count == 1, what="waiting to be queued")
+
+    run_store.delete("waiting")  # no finalizer yet: gone at once
+
+    await fakes.eventually(lambda: sched.queued_count == 0, what="the queue to forget it")
+    assert not run_store.exists("waiting")
+    assert scripted_runner.started == ["busy"]
+
+
+async def test_timeout_fails_the_run_with_deadline_exceeded(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, task_runner: runner.TaskRunner
+) -> None:
+    sched = make_scheduler(task_runner)
+    await sched.recover()
+    run_store.add("slow", fakes.echo_spec("slow", delay=60, timeoutSeconds=1))
+
+    status = await finished(run_store, "slow", timeout=10)
+
+    assert (status.phase, status.reason) == (models.Phase.FAILED, "DeadlineExceeded")
+    assert status.message == "run exceeded its deadline of 1 seconds"
+    assert status.events[-1].type == "run_failed"
+
+
+async def test_progress_is_coalesced_into_one_write(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    await started(make_scheduler, **QUIET)
+    gate = scripted_runner.gate("a")
+    scripted_runner.scripts["a"].progress = [("tool_call", {"tool": name}) for name in ("search", "fetch", "read")]
+    run_store.add("a")
+
+    await fakes.eventually(lambda: run_store.object("a").status.event_count == 4, what="the progress write")
+    assert run_store.status_writes_of("a") == ["Running", "Running"]
+    events = run_store.object("a").status.events
+    assert [(e.id, e.type) for e in events] == [
+        (1, "run_started"),
+        (2, "tool_call"),
+        (3, "tool_call"),
+        (4, "tool_call"),
+    ]
+    assert [e.data for e in events[1:]] == [{"tool": "search"}, {"tool": "fetch"}, {"tool": "read"}]
+
+    gate.set()
+    status = await finished(run_store, "a")
+    assert [e.id for e in status.events] == [1, 2, 3, 4, 5]
+    assert status.event_count == 5
+
+
+async def test_heartbeat_is_renewed_while_running(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    await started(make_scheduler)  # heartbeat every 0.2 s
+    gate = scripted_runner.gate("a")
+    run_store.add("a")
+    await fakes.eventually(lambda: phase_of(run_store, "a") is models.Phase.RUNNING, what="a to run")
+
+    def renewed() -> bool:
+        status = run_store.object("a").status
+        return status.runner is not None and status.runner.heartbeat_time != status.start_time
+
+    await fakes.eventually(renewed, what="a renewed heartbeat")
+    assert run_store.object("a").status.event_count == 1  # heartbeats add no events
+    gate.set()
+    assert (await finished(run_store, "a")).phase is models.Phase.SUCCEEDED
+
+
+async def test_runner_failure_is_recorded_with_its_reason(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    await started(make_scheduler, **QUIET)
+    scripted_runner.scripts["a"] = fakes.Script(failure=errors.ModelError("model 'm' returned HTTP 429: slow down"))
+    run_store.add("a")
+
+    status = await finished(run_store, "a")
+
+    assert (status.phase, status.reason, status.message) == (
+        models.Phase.FAILED,
+        "ModelError",
+        "model 'm' returned HTTP 429: slow down",
+    )
+    assert run_store.writes_of("a") == [*HAPPY_WRITES[:2], ("status", "Failed"), ("finalizer", "remove")]
+
+
+async def test_large_output_is_offloaded(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    await started(make_scheduler, status_budget_bytes=1024, **QUIET)
+    scripted_runner.scripts["a"] = fakes.Script(output={"text": "x" * 2000})
+    run_store.add("a")
+
+    status = await finished(run_store, "a")
+
+    assert status.phase is models.Phase.SUCCEEDED
+    assert status.output is None
+    assert status.output_ref is not None
+    assert status.output_ref.name == "a-output"
+    assert run_store.payloads["a-output"] == '{"text":"' + "x" * 2000 + '"}'
+    assert status.events[-1].data is not None
+    assert "output" not in status.events[-1].data
+
+
+# --- shutdown ---------------------------------------------------------------------------
+
+
+async def test_drain_keeps_short_results_and_fails_long_runs(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    sched = await started(make_scheduler, **QUIET)
+    short = scripted_runner.gate("short")
+    scripted_runner.gate("long")
+    run_store.add("short")
+    run_store.add("long")
+    await fakes.eventually(lambda: sched.active_count == 2, what="both runs to be admitted")
+    await fakes.eventually(
+        lambda: {phase_of(run_store, "short"), phase_of(run_store, "long")} == {models.Phase.RUNNING},
+        what="both runs to be Running",
+    )
+
+    draining = asyncio.create_task(sched.drain(1.0))
+    await fakes.eventually(lambda: not sched.ready, what="the drain to begin")
+    short.set()  # finishes within the grace
+    await asyncio.wait_for(draining, timeout=5)
+
+    kept = run_store.last("short").status
+    assert (kept.phase, kept.output) == (models.Phase.SUCCEEDED, "done")
+    failed = run_store.last("long")
+    assert (failed.status.phase, failed.status.reason, failed.status.message) == (
+        models.Phase.FAILED,
+        "OperatorShutdown",
+        "run cancelled during operator shutdown",
+    )
+    assert failed.status.events[-1].type == "run_failed"
+    assert not failed.has_finalizer
+    assert scripted_runner.cancelled == ["long"]
+    assert sched.active_count == 0
+
+    # Runs seen after the drain began are left Pending for the next instance.
+    late = run_store.add("late")
+    sched.observe(late)
+    await sched.wait_idle()
+    assert run_store.writes_of("late") == []
+    assert (sched.active_count, sched.queued_count) == (0, 0)
+
+
+async def test_drain_leaves_queued_runs_for_the_next_instance(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    sched = await started(make_scheduler, max_concurrent_runs=1, **QUIET)
+    gate = scripted_runner.gate("busy")
+    run_store.add("busy")
+    await fakes.eventually(lambda: phase_of(run_store, "busy") is models.Phase.RUNNING, what="busy to run")
+    run_store.add("queued")
+    await fakes.eventually(lambda: run_store.object("queued").status.reason == "Queued", what="queued to be marked")
+
+    draining = asyncio.create_task(sched.drain(1.0))
+    await fakes.eventually(lambda: not sched.ready, what="the drain to begin")
+    gate.set()
+    await asyncio.wait_for(draining, timeout=5)
+
+    assert phase_of(run_store, "busy") is models.Phase.SUCCEEDED
+    waiting = run_store.object("queued")
+    assert waiting.status.phase is models.Phase.PENDING
+    assert not waiting.has_finalizer
+    assert scripted_runner.started == ["busy"]
+
+
+# --- recovery ---------------------------------------------------------------------------
+
+
+def running_status(instance: str, heartbeat: datetime.datetime | None) -> models.AgentRunStatus:
+    """A Running status owned by ``instance``; ``None`` means it never recorded a time at all."""
+    runner_status = models.RunnerStatus(mode=models.RunnerMode.TASK, instance=instance)
+    if heartbeat is None:
+        return models.AgentRunStatus(phase=models.Phase.RUNNING, reason="Running", runner=runner_status)
+    return transitions.admitted(
+        models.AgentRunStatus(), runner=runner_status, generation=1, now=heartbeat, ring_size=50
+    )
+
+
+NOW = fakes.EPOCH + datetime.timedelta(hours=1)
+
+RECOVERY = [
+    pytest.param("gone", NOW - datetime.timedelta(minutes=10), True, id="expired-heartbeat-of-another-instance"),
+    pytest.param("other", NOW - datetime.timedelta(seconds=0.5), False, id="fresh-heartbeat-of-another-instance"),
+    pytest.param("test", NOW, True, id="our-own-name-but-not-in-memory"),
+    pytest.param("gone", None, True, id="no-heartbeat-at-all"),
+]
+
+
+@pytest.mark.parametrize(("owner", "heartbeat", "orphaned"), RECOVERY)
+async def test_recover_fails_orphans_only(
+    make_scheduler: fakes.MakeScheduler,
+    run_store: fakes.FakeRunStore,
+    owner: str,
+    heartbeat: datetime.datetime | None,
+    orphaned: bool,
+) -> None:
+    run_store.add("running", status=running_status(owner, heartbeat), finalizers=(models.FINALIZER,))
+    sched = make_scheduler(clock=fakes.Clock(NOW))
+
+    assert await sched.recover() == int(orphaned)
+    await sched.wait_idle()
+
+    run = run_store.last("running")
+    if orphaned:
+        assert (run.status.phase, run.status.reason) == (models.Phase.FAILED, "OperatorRestarted")
+        assert f"the operator instance {owner} that ran this run stopped" in (run.status.message or "")
+        assert run.status.events[-1].type == "run_failed"
+        assert run_store.writes_of("running") == [("status", "Failed"), ("finalizer", "remove")]
+        assert ("running", "Warning", "OperatorRestarted") in run_store.events
+    else:
+        assert run.status.phase is models.Phase.RUNNING
+        assert run_store.writes_of("running") == []
+
+
+async def test_recover_makes_no_writes_to_finished_runs(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore
+) -> None:
+    for phase in (models.Phase.SUCCEEDED, models.Phase.FAILED, models.Phase.CANCELLED):
+        run_store.add(phase.value.lower(), status=models.AgentRunStatus(phase=phase, reason=phase.value))
+    run_store.add("orphan", status=running_status("gone", fakes.EPOCH))
+    sched = make_scheduler(clock=fakes.Clock(NOW))
+
+    assert await sched.recover() == 1
+    await sched.wait_idle()
+
+    assert {w.name for w in run_store.writes} == {"orphan"}
+    assert run_store.writes_of("orphan") == [("status", "Failed")]
+
+
+async def test_finished_run_still_holding_our_finalizer_is_released_without_a_status_write(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore
+) -> None:
+    done = models.AgentRunStatus(phase=models.Phase.SUCCEEDED, reason="Succeeded")
+    run_store.add("done", status=done, finalizers=(models.FINALIZER,))
+    await started(make_scheduler)
+
+    await fakes.eventually(lambda: not run_store.object("done").has_finalizer, what="the finalizer to be released")
+    assert run_store.writes_of("done") == [("finalizer", "remove")]
+
+
+async def test_sweep_fails_a_foreign_run_once_its_heartbeat_expires(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore
+) -> None:
+    clock = fakes.Clock(NOW)
+    run_store.add("foreign", status=running_status("other", NOW))
+    sched = make_scheduler(clock=clock)
+    assert await sched.recover() == 0
+
+    clock.advance(0.9)
+    assert await sched.sweep_orphans() == 0
+    clock.advance(0.2)  # past the 1 s timeout
+    assert await sched.sweep_orphans() == 1
+    assert await sched.sweep_orphans() == 0
+
+    status = run_store.object("foreign").status
+    assert (status.phase, status.reason) == (models.Phase.FAILED, "OperatorRestarted")
+    assert status.completion_time == NOW + datetime.timedelta(seconds=1.1)
+
+
+async def test_orphan_seen_late_that_finished_meanwhile_is_not_failed(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore
+) -> None:
+    clock = fakes.Clock(NOW)
+    run_store.add("foreign", status=running_status("other", NOW))
+    sched = make_scheduler(clock=clock)
+    await sched.recover()
+    stale = run_store.object("foreign")
+    done = transitions.ended(
+        stale.status,
+        transitions.Ending(phase=models.Phase.SUCCEEDED, reason=models.Reason.SUCCEEDED, output="ok"),
+        generation=1,
+        now=NOW,
+        ring_size=50,
+    )
+    run_store.set_status("foreign", done)
+    clock.advance(5)
+
+    sched.observe(stale)  # a delayed watch event: the Running copy, now with an expired heartbeat
+    await sched.wait_idle()
+
+    assert run_store.object("foreign").status == done
+    assert run_store.writes_of("foreign") == []
+    assert fakes.Refusal("status", "foreign", "Conflict") in run_store.refusals
+
+
+async def test_runs_seen_before_recovery_are_not_marked_queued(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore
+) -> None:
+    sched = make_scheduler()
+    run_store.add("early")
+    await fakes.eventually(lambda: sched.queued_count == 1, what="the watch to deliver the run")
+    await sched.wait_idle()
+    assert run_store.writes_of("early") == []
