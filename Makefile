@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help venv controlplane test unit integration chart lint crds demo bench clean
+.PHONY: help venv controlplane test unit integration chart lint crds chart-docs demo bench clean
 
 help:
 	@echo "make test    lint + unit + integration + chart tiers (what CI runs)"
@@ -32,6 +32,7 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/agentrun crd --check crds/agentrun.dev_agentruns.yaml
+	$(BIN)/agentrun crd --check charts/agentrun-operator/files/agentrun.dev_agentruns.yaml
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
@@ -49,6 +50,10 @@ test: venv controlplane lint
 crds: venv
 	$(BIN)/agentrun crd --output crds/agentrun.dev_agentruns.yaml
 	cp crds/agentrun.dev_agentruns.yaml charts/agentrun-operator/files/agentrun.dev_agentruns.yaml
+
+# The chart README's configuration table is generated from values.yaml; a chart test checks it.
+chart-docs: venv
+	$(BIN)/python tests/chart/values_doc.py --write
 
 demo: venv controlplane
 	$(BIN)/python hack/demo.py $(DEMO_ARGS)

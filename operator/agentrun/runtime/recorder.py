@@ -83,22 +83,22 @@ class Recorder:
                     return None
                 except (store.Unavailable, store.Forbidden) as error:
                     self._failed(error)
-                    logger.warning("could not re-read AgentRun %s to %s: %s", run.ref, what, error)
+                    logger.warning("AgentRun %s: could not re-read it to %s, will retry: %s", run.ref, what, error)
                     if not await backoff.sleep(deadline):
                         break
                 continue
             except store.Rejected as error:
                 # The same request would be refused again: report it and stop.
                 self._failed(error)
-                logger.error("could not %s of AgentRun %s: the API server rejected it: %s", what, run.ref, error)
+                logger.error("AgentRun %s: could not %s, the API server rejected it: %s", run.ref, what, error)
                 return None
             except (store.Unavailable, store.Forbidden) as error:
                 self._failed(error)
                 level = logging.ERROR if isinstance(error, (store.Forbidden, store.Rejected)) else logging.WARNING
-                logger.log(level, "could not %s of AgentRun %s, will retry: %s", what, run.ref, error)
+                logger.log(level, "AgentRun %s: could not %s, will retry: %s", run.ref, what, error)
                 if not await backoff.sleep(deadline):
                     break
-        logger.error("gave up trying to %s of AgentRun %s: deadline reached", what, run.ref)
+        logger.error("AgentRun %s: gave up trying to %s: deadline reached", run.ref, what)
         return None
 
     async def write_status(

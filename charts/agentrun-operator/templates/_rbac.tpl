@@ -1,0 +1,30 @@
+{{/*
+The operator's permissions: exactly the API calls it makes, with explicit verbs.
+Nothing for pods, configmaps, leases, namespaces or CRDs: runs execute inside the
+operator process, kopf runs standalone (no peering objects), and the operator does not
+discover CRDs or namespaces at run time. See README.md, "RBAC".
+*/}}
+{{- define "agentrun-operator.rules" -}}
+# Watch AgentRuns (kopf list + watch), re-read one before a guarded write (get), and add or
+# remove the agentrun.dev/finalizer while a run is active (patch).
+- apiGroups: ["agentrun.dev"]
+  resources: ["agentruns"]
+  verbs: ["get", "list", "watch", "patch"]
+# Record phase, conditions, events and results: status is only ever written through the
+# status subresource, with a resourceVersion-guarded merge patch.
+- apiGroups: ["agentrun.dev"]
+  resources: ["agentruns/status"]
+  verbs: ["patch"]
+# Read model API keys that runs reference with apiKeySecretRef (get by name; no list or
+# watch, so the operator cannot enumerate Secrets). Store outputs and session snapshots
+# too large for status in a Secret owned by the run (create; patch when a retried attempt
+# finds it already there).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "patch"]
+# Post Kubernetes Events about runs (Started, Succeeded, Failed, ...) for `kubectl describe`;
+# create only: every Event gets a fresh generated name, none is ever updated.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}

@@ -1,0 +1,384 @@
+"""The chart as `helm lint` and `helm template` see it: kinds, RBAC, the Deployment, the CRD, the schema."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import yaml
+
+import harness
+import helmchart
+from agentrun import settings as settings_module
+
+pytestmark = pytest.mark.chart
+
+GENERATED_CRD = harness.ROOT / "crds" / "agentrun.dev_agentruns.yaml"
+CHART_CRD = helmchart.CHART / "files" / "agentrun.dev_agentruns.yaml"
+NAMESPACED = {"rbac": {"scope": "namespaced"}, "watchNamespaces": ["a", "b"]}
+
+
+def container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    [operator] = helmchart.one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return dict(operator)
+
+
+def env_values(objects: list[dict[str, Any]]) -> dict[str, str]:
+    return {item["name"]: item["value"] for item in container(objects)["env"] if "value" in item}
+
+
+@pytest.mark.parametrize("values", [None, NAMESPACED], ids=["cluster", "namespaced"])
+def test_helm_lint_passes(helm: helmchart.Helm, values: dict[str, Any] | None) -> None:
+    args = ["lint", "--strict", str(helmchart.CHART), "--kube-version", helm.kube_version]
+    if values:
+        args += ["--set", "rbac.scope=namespaced", "--set", "watchNamespaces={a,b}"]
+    result = helm.run(*args)
+    assert "0 chart(s) failed" in result.stdout
+
+
+def test_default_render_is_cluster_scoped(helm: helmchart.Helm) -> None:
+    objects = helm.render(release="agentrun-operator", namespace="agentrun-system")
+    kinds = sorted(obj["kind"] for obj in objects)
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+    ]
+    binding = helmchart.one(objects, "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": helmchart.one(objects, "ClusterRole")["metadata"]["name"],
+    }
+    account = helmchart.one(objects, "ServiceAccount")["metadata"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"], "namespace": "agentrun-system"}]
+    assert account["name"] == "agentrun-operator"
+    assert env_values(objects)["AGENTRUN_NAMESPACES"] == ""
+    for obj in objects:
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/managed-by"] == "Helm", obj["kind"]
+        assert labels["app.kubernetes.io/instance"] == "agentrun-operator", obj["kind"]
+        assert labels["helm.sh/chart"] == "agentrun-operator-0.1.0", obj["kind"]
+
+
+def test_namespaced_render_has_a_role_and_binding_per_watched_namespace(helm: helmchart.Helm) -> None:
+    objects = helm.render(NAMESPACED, namespace="agentrun-system")
+    assert not helmchart.by_kind(objects, "ClusterRole")
+    assert not helmchart.by_kind(objects, "ClusterRoleBinding")
+    roles = {role["metadata"]["namespace"]: role for role in helmchart.by_kind(objects, "Role")}
+    bindings = {binding["metadata"]["namespace"]: binding for binding in helmchart.by_kind(objects, "RoleBinding")}
+    assert sorted(roles) == sorted(bindings) == ["a", "b"]
+    account = helmchart.one(objects, "ServiceAccount")["metadata"]["name"]
+    for namespace, binding in bindings.items():
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["roleRef"]["name"] == roles[namespace]["metadata"]["name"]
+        # The operator runs in the release namespace and is granted rights in the watched ones only.
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "agentrun-system"}]
+    assert env_values(objects)["AGENTRUN_NAMESPACES"] == "a,b"
+
+
+@pytest.mark.parametrize(("values", "kind"), [(None, "ClusterRole"), (NAMESPACED, "Role")], ids=["cluster", "ns"])
+def test_rbac_rules_are_exactly_the_calls_the_operator_makes(
+    helm: helmchart.Helm, values: dict[str, Any] | None, kind: str
+) -> None:
+    roles = helmchart.by_kind(helm.render(values), kind)
+    assert roles
+    for role in roles:
+        assert role["rules"] == helmchart.EXPECTED_RULES
+        for rule in role["rules"]:
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+            assert rule.keys() == {"apiGroups", "resources", "verbs"}
+
+
+def test_every_rbac_rule_carries_a_comment_saying_why(helm: helmchart.Helm) -> None:
+    args = helm.template_args(NAMESPACED, "agentrun-system", "agentrun")
+    text = helm.run(*args, "--show-only", "templates/rbac.yaml").stdout
+    lines = text.splitlines()
+    rule_starts = [index for index, line in enumerate(lines) if line.lstrip().startswith("- apiGroups:")]
+    assert len(rule_starts) == 2 * len(helmchart.EXPECTED_RULES)  # two Roles
+    for index in rule_starts:
+        assert lines[index - 1].lstrip().startswith("# "), f"rule without a comment: {lines[index]}"
+
+
+def test_rbac_create_false_renders_no_grant(helm: helmchart.Helm) -> None:
+    objects = helm.render({"rbac": {"create": False}})
+    assert not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} & {obj["kind"] for obj in objects}
+
+
+def test_deployment_is_single_restricted_and_probed(helm: helmchart.Helm) -> None:
+    objects = helm.render()
+    deployment = helmchart.one(objects, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["terminationGracePeriodSeconds"] == 25
+    operator = container(objects)
+    assert operator["securityContext"]["allowPrivilegeEscalation"] is False
+    assert operator["securityContext"]["readOnlyRootFilesystem"] is True
+    assert operator["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert operator["resources"] == {
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+        "limits": {"cpu": "1", "memory": "512Mi"},
+    }
+    ports = {port["name"]: port["containerPort"] for port in operator["ports"]}
+    assert ports == {"healthz": 8080, "metrics": 9090}
+    probe = operator["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz"
+    assert ports[probe["port"]] == settings_module.Settings.model_fields["liveness_port"].default
+    assert "command" not in operator  # the image's entrypoint, `agentrun`
+    assert operator["args"] == ["operator"]
+    [tmp] = operator["volumeMounts"]
+    assert tmp["mountPath"] == "/tmp"
+    [volume] = [v for v in pod["volumes"] if v["name"] == tmp["name"]]
+    assert "emptyDir" in volume
+    env = {item["name"]: item for item in operator["env"]}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["AGENTRUN_LOG_FORMAT"]["value"] == "json"
+
+
+@pytest.mark.parametrize("grace", [15, 12.5, 20, 0.5, 1])
+def test_termination_grace_is_the_shutdown_grace_rounded_up_plus_ten(helm: helmchart.Helm, grace: float) -> None:
+    objects = helm.render({"operator": {"shutdownGraceSeconds": grace}})
+    pod = helmchart.one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == math.ceil(grace) + 10
+    assert isinstance(pod["terminationGracePeriodSeconds"], int)
+    assert float(env_values(objects)["AGENTRUN_SHUTDOWN_GRACE_SECONDS"]) == grace
+
+
+def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> settings_module.Settings:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("AGENTRUN_") or name == "POD_NAME":
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return settings_module.Settings()
+
+
+def test_default_env_parses_to_the_operator_defaults(helm: helmchart.Helm, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = env_values(helm.render())
+    parsed = _settings_from({**env, "POD_NAME": "agentrun-operator-7d9c-abcde"}, monkeypatch)
+    defaults = settings_module.Settings(instance="agentrun-operator-7d9c-abcde")
+    assert parsed == defaults
+    assert parsed.instance == "agentrun-operator-7d9c-abcde"
+
+
+def test_every_operator_setting_has_a_chart_value(helm: helmchart.Helm) -> None:
+    env = env_values(helm.render())
+    # `instance` comes from POD_NAME (downward API), the rest from chart values.
+    expected = {f"AGENTRUN_{name.upper()}" for name in settings_module.Settings.model_fields if name != "instance"}
+    assert set(env) == expected
+
+
+def test_custom_values_reach_the_operator(helm: helmchart.Helm, monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {
+        "watchNamespaces": ["team-a", "team-b"],
+        "rbac": {"scope": "namespaced"},
+        "operator": {
+            "maxConcurrentRuns": 7,
+            "shutdownGraceSeconds": 4.5,
+            "eventRingSize": 20,
+            "statusBudgetBytes": 1048576,
+            "progressIntervalSeconds": 0.5,
+            "heartbeatIntervalSeconds": 5,
+            "heartbeatTimeoutSeconds": 11,
+            "logLevel": "DEBUG",
+            "logFormat": "text",
+            "livenessPort": 8181,
+            "metricsPort": 9191,
+        },
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+    }
+    objects = helm.render(values)
+    env = env_values(objects)
+    assert env["HTTPS_PROXY"] == "http://proxy:3128"
+    parsed = _settings_from(env, monkeypatch)
+    assert parsed.namespaces == ["team-a", "team-b"]
+    assert parsed.max_concurrent_runs == 7
+    assert parsed.shutdown_grace_seconds == 4.5
+    assert parsed.event_ring_size == 20
+    assert parsed.status_budget_bytes == 1048576
+    assert parsed.progress_interval_seconds == 0.5
+    assert (parsed.heartbeat_interval_seconds, parsed.heartbeat_timeout_seconds) == (5, 11)
+    assert parsed.log_level == "DEBUG"
+    assert parsed.log_format is settings_module.LogFormat.TEXT
+    assert (parsed.liveness_port, parsed.metrics_port) == (8181, 9191)
+    ports = {port["name"]: port["containerPort"] for port in container(objects)["ports"]}
+    assert ports == {"healthz": 8181, "metrics": 9191}
+    assert helmchart.one(objects, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 15
+
+
+def test_chart_crd_file_is_the_generated_crd() -> None:
+    assert CHART_CRD.read_bytes() == GENERATED_CRD.read_bytes(), "run `make crds` (it writes both files)"
+
+
+def test_rendered_crd_is_the_generated_one_plus_labels_and_keep(helm: helmchart.Helm) -> None:
+    rendered = helmchart.one(helm.render(), "CustomResourceDefinition")
+    generated = yaml.safe_load(GENERATED_CRD.read_text())
+    metadata = rendered["metadata"]
+    assert metadata.pop("annotations") == {"helm.sh/resource-policy": "keep"}
+    labels = metadata.pop("labels")
+    assert labels["app.kubernetes.io/managed-by"] == "Helm"
+    assert labels["app.kubernetes.io/name"] == "agentrun-operator"
+    assert rendered == generated
+
+
+def test_crd_toggles(helm: helmchart.Helm) -> None:
+    assert not helmchart.by_kind(helm.render({"crds": {"install": False}}), "CustomResourceDefinition")
+    crd = helmchart.one(helm.render({"crds": {"keep": False}}), "CustomResourceDefinition")
+    assert "helm.sh/resource-policy" not in (crd["metadata"].get("annotations") or {})
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"operator": {"shutdownGraceSeconds": 60}}, "/operator/shutdownGraceSeconds"),
+        ({"operator": {"shutdownGraceSeconds": 0}}, "/operator/shutdownGraceSeconds"),
+        ({"rbac": {"scope": "everything"}}, "/rbac/scope"),
+        ({"replicaCount": 2}, "'replicaCount' not allowed"),
+        ({"unknownTopLevel": True}, "'unknownTopLevel' not allowed"),
+        ({"operator": {"maxConcurrentRun": 5}}, "'maxConcurrentRun' not allowed"),
+        ({"rbac": {"scope": "namespaced"}}, "/watchNamespaces"),
+        ({"rbac": {"scope": "namespaced"}, "watchNamespaces": []}, "/watchNamespaces"),
+        ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
+        ({"watchNamespaces": ["team-*"]}, "/watchNamespaces/0"),
+        ({"operator": {"maxConcurrentRuns": 0}}, "/operator/maxConcurrentRuns"),
+        ({"operator": {"eventRingSize": 2}}, "/operator/eventRingSize"),
+        ({"operator": {"statusBudgetBytes": 2097152}}, "/operator/statusBudgetBytes"),
+        ({"operator": {"logFormat": "xml"}}, "/operator/logFormat"),
+        ({"operator": {"logLevel": "LOUD"}}, "/operator/logLevel"),
+        ({"operator": {"livenessPort": 0}}, "/operator/livenessPort"),
+        ({"operator": {"metricsPort": 70000}}, "/operator/metricsPort"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        ({"image": {"digest": "latest"}}, "/image/digest"),
+        ({"resources": {"limits": {"gpu": 1}}}, "gpu"),
+        ({"resources": {"requests": {"memory": "lots"}}}, "/resources/requests/memory"),
+        ({"crds": {"install": "yes"}}, "/crds/install"),
+        ({"extraEnv": [{"name": "AGENTRUN_NAMESPACES", "value": "x"}]}, "/extraEnv/0/name"),
+        ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor/interval"),
+    ],
+    ids=lambda value: str(value) if isinstance(value, str) else None,
+)
+def test_schema_rejects_bad_values(helm: helmchart.Helm, values: dict[str, Any], complaint: str) -> None:
+    error = helm.render_error(values)
+    assert "don't meet the specifications of the schema" in error
+    assert complaint in error
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"operator": {"heartbeatIntervalSeconds": 30, "heartbeatTimeoutSeconds": 60}},
+            "operator.heartbeatTimeoutSeconds must exceed twice operator.heartbeatIntervalSeconds",
+        ),
+        ({"operator": {"metricsPort": 0}}, "metrics.service.enabled needs operator.metricsPort > 0"),
+        (
+            {"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},
+            "metrics.serviceMonitor.enabled needs metrics.service.enabled",
+        ),
+        ({"operator": {"livenessPort": 9090}}, "operator.livenessPort and operator.metricsPort must differ"),
+        ({"serviceAccount": {"create": False}}, "serviceAccount.name must name an existing ServiceAccount"),
+    ],
+    ids=["heartbeat", "metrics-port", "service-monitor", "ports", "service-account"],
+)
+def test_checks_across_values_fail_with_a_clear_message(
+    helm: helmchart.Helm, values: dict[str, Any], message: str
+) -> None:
+    assert message in helm.render_error(values)
+
+
+def test_namespaced_without_namespaces_fails_even_without_the_schema(helm: helmchart.Helm) -> None:
+    args = helm.template_args({"rbac": {"scope": "namespaced"}}, "agentrun-system", "agentrun")
+    result = helm.run(*args, "--skip-schema-validation", check=False)
+    assert result.returncode != 0
+    assert "rbac.scope=namespaced needs watchNamespaces" in result.stderr
+
+
+def test_metrics_service_and_service_monitor_line_up(helm: helmchart.Helm) -> None:
+    objects = helm.render({"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}})
+    service = helmchart.one(objects, "Service")
+    monitor = helmchart.one(objects, "ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    [endpoint] = monitor["spec"]["endpoints"]
+    [port] = service["spec"]["ports"]
+    assert endpoint["port"] == port["name"] == "metrics"
+    assert endpoint["path"] == "/metrics"
+    assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("30s", "10s")
+    container_ports = {p["name"]: p["containerPort"] for p in container(objects)["ports"]}
+    assert port["targetPort"] in container_ports
+    pod_labels = helmchart.one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_metrics_can_be_turned_off(helm: helmchart.Helm) -> None:
+    objects = helm.render({"operator": {"metricsPort": 0}, "metrics": {"service": {"enabled": False}}})
+    assert not helmchart.by_kind(objects, "Service")
+    assert not helmchart.by_kind(objects, "ServiceMonitor")
+    assert [port["name"] for port in container(objects)["ports"]] == ["healthz"]
+    assert env_values(objects)["AGENTRUN_METRICS_PORT"] == "0"
+
+
+def test_existing_service_account(helm: helmchart.Helm) -> None:
+    objects = helm.render({"serviceAccount": {"create": False, "name": "platform-operator"}})
+    assert not helmchart.by_kind(objects, "ServiceAccount")
+    pod = helmchart.one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "platform-operator"
+    assert helmchart.one(objects, "ClusterRoleBinding")["subjects"][0]["name"] == "platform-operator"
+
+
+def test_image_reference(helm: helmchart.Helm) -> None:
+    assert container(helm.render())["image"] == "agentrun-operator:0.1.0"
+    tagged = helm.render({"image": {"repository": "registry.local/agentrun", "tag": "dev"}})
+    assert container(tagged)["image"] == "registry.local/agentrun:dev"
+    digest = "sha256:" + "ab" * 32
+    pinned = helm.render({"image": {"tag": "dev", "digest": digest}})
+    assert container(pinned)["image"] == f"agentrun-operator@{digest}"
+
+
+def test_chart_versions_match_the_package() -> None:
+    import agentrun
+
+    chart = yaml.safe_load((helmchart.CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["version"] == "0.1.0"
+    assert chart["appVersion"] == agentrun.__version__
+
+
+def test_rendered_objects_pass_the_real_api_server_and_the_restricted_pod_security_standard(
+    cluster: harness.Cluster, helm: helmchart.Helm, namespace: str
+) -> None:
+    # Enforce `restricted` here, so a Pod that breaks it is rejected, not just warned about.
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    # The longest release name Helm allows: every generated name must still be valid.
+    release = ("r" + namespace.replace("-", "") * 3)[:53]
+    objects = helm.render(namespace=namespace, release=release)
+    objects = [obj for obj in objects if obj["kind"] != "CustomResourceDefinition"]  # the session's CRD exists
+    # Strict field validation: an unknown or misplaced field fails the create.
+    result = cluster.kubectl(
+        "create", "--dry-run=server", "--validate=strict", "-o", "name", "-f", "-", stdin=yaml.safe_dump_all(objects)
+    )
+    assert sorted(line.split("/", 1)[1] for line in result.stdout.split()) == sorted(
+        obj["metadata"]["name"] for obj in objects
+    )
+    template = helmchart.one(objects, "Deployment")["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "operator", **template["metadata"]}}
+    pod["spec"] = template["spec"]
+    cluster.kubectl("create", "serviceaccount", pod["spec"]["serviceAccountName"], "-n", namespace)
+    created = cluster.kubectl(
+        "create", "--dry-run=server", "-n", namespace, "-f", "-", stdin=yaml.safe_dump(pod), check=False
+    )
+    assert created.returncode == 0, created.stderr
+    assert "violate" not in created.stderr
