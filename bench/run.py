@@ -169,7 +169,7 @@ class Bench:
         return finished
 
     def writes(self, namespace: str, username: str) -> collections.Counter[str]:
-        """Writes by ``username`` in ``namespace``, keyed 'verb resource[/subresource]'."""
+        """Writes by ``username`` in ``namespace``, keyed "verb resource[/subresource][ refused-code]"."""
         counts: collections.Counter[str] = collections.Counter()
         for entry in self.cluster.audit_events():
             ref = entry.get("objectRef") or {}
@@ -178,7 +178,8 @@ class Bench:
             if entry.get("stage") != "ResponseComplete":
                 continue
             resource = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-            counts[f"{entry['verb']} {resource}"] += 1
+            code = entry["responseStatus"]["code"]
+            counts[f"{entry['verb']} {resource}" + (f" {code}" if code >= 400 else "")] += 1
         return counts
 
     @contextlib.contextmanager
@@ -218,7 +219,8 @@ class Bench:
         to_done = [parse_time(i["status"]["completionTime"]) - created[n] for n, i in items.items()]
         phases = collections.Counter(i["status"]["phase"] for i in items.values())
         writes = self.writes(namespace, username)
-        run_writes = sum(v for k, v in writes.items() if k.split()[1].startswith("agentruns"))
+        run_writes = sum(v for k, v in writes.items() if k.split()[1].startswith("agentruns") and len(k.split()) == 2)
+        refused = sum(v for k, v in writes.items() if len(k.split()) == 3)
         return {
             "runs": count,
             "phases": dict(phases),
@@ -227,6 +229,7 @@ class Bench:
             "create_to_running": latency_summary(to_running),
             "create_to_succeeded": latency_summary(to_done),
             "writes_per_run": round(run_writes / count, 2),
+            "refused_writes_per_run": round(refused / count, 2),
             "writes_by_request": {k: round(v / count, 2) for k, v in sorted(writes.items())},
             "operator_rss_peak_mb": round(sampler.peak_rss / 2**20, 1) if sampler else None,
             "operator_rss_end_mb": round(rss_end / 2**20, 1) if rss_end else None,
@@ -282,8 +285,12 @@ class Bench:
                 return time.time() - began
 
         began = time.time()
+        # The same completion watch as in the operator scenarios runs here too, so the API
+        # server carries the same watch load in both and only the writers differ.
+        watcher = asyncio.create_task(self.wait_all_terminal(namespace, count, limit=600))
         latencies = await asyncio.gather(*(one(i) for i in range(count)))
         wall = time.time() - began
+        await watcher
         return {
             "runs": count,
             "wall_seconds": round(wall, 2),

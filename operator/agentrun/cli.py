@@ -78,6 +78,9 @@ def run_operator(argv: Sequence[str]) -> int:
     log_format = kopf.LogFormat.JSON if config.log_format is settings.LogFormat.JSON else kopf.LogFormat.PLAIN
     kopf.configure(log_format=log_format, log_refkey="object")
     logging.getLogger().setLevel(config.log_level.upper())
+    # kopf logs every handled watch event at INFO; the operator logs what matters itself.
+    if logging.getLogger().getEffectiveLevel() >= logging.INFO:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # Per-request lines from the HTTP stack add nothing an operator can act on.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)

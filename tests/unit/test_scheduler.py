@@ -7,6 +7,7 @@ each test also proves that observing a run again changes nothing more.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 
 import fakes
@@ -68,6 +69,22 @@ async def test_pending_run_runs_then_succeeds_with_writes_in_order(
     assert ("a", "Normal", "Started") in run_store.events
     assert ("a", "Normal", "Succeeded") in run_store.events
     assert sched.active_count == 0
+
+
+async def test_stale_versions_of_a_released_run_cause_no_writes(
+    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    sched = await started(make_scheduler, **QUIET)
+    run_store.add("a")
+    await finished(run_store, "a")
+    # The watch can still deliver the terminal version from before the finalizer was released.
+    stale = dataclasses.replace(run_store.object("a"), finalizers=(models.FINALIZER,), resource_version="1")
+
+    sched.observe(stale)
+    await sched.wait_idle()
+
+    assert run_store.writes_of("a") == HAPPY_WRITES
+    assert run_store.refusals == []
 
 
 async def test_echo_run_through_the_task_runner(

@@ -25,6 +25,10 @@ from agentrun.runtime import lifecycle, metrics, recorder, runner, store, transi
 logger = logging.getLogger(__name__)
 
 
+# How many released runs to remember; their stale watch events arrive within moments.
+RELEASED_MEMORY = 10_000
+
+
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -60,6 +64,8 @@ class Scheduler:
         self._queue: collections.OrderedDict[store.RunRef, store.RunObject] = collections.OrderedDict()
         self._foreign: dict[store.RunRef, store.RunObject] = {}
         """Running runs owned by other instances, watched for an expired heartbeat."""
+        self._released: collections.OrderedDict[tuple[store.RunRef, str], None] = collections.OrderedDict()
+        """Runs this instance finished and let go; the watch may still deliver their older versions."""
         self._chores: set[asyncio.Task[object]] = set()
         self._recovered = asyncio.Event()
         self._draining = False
@@ -94,8 +100,8 @@ class Scheduler:
         phase = run.status.phase
         if phase.terminal:
             self._foreign.pop(ref, None)
-            if run.has_finalizer and not self._draining:
-                self._chore(self._release(run))
+            if run.has_finalizer and not self._draining and (ref, ref.uid) not in self._released:
+                self._chore(self._release(run))  # e.g. the instance that finished it died before letting go
             return
         if phase is models.Phase.RUNNING:
             self._on_foreign_running(run)
@@ -207,7 +213,14 @@ class Scheduler:
         finally:
             self._active.pop(run_lifecycle.ref, None)
             self._tasks.pop(run_lifecycle.ref, None)
+            if not run_lifecycle.run.has_finalizer:
+                self._remember_released(run_lifecycle.ref)
             self._pump()
+
+    def _remember_released(self, ref: store.RunRef) -> None:
+        self._released[(ref, ref.uid)] = None
+        while len(self._released) > RELEASED_MEMORY:
+            self._released.popitem(last=False)
 
     async def _mark_queued(self, run: store.RunObject) -> None:
         def queue(current: store.RunObject) -> models.AgentRunStatus | None:
