@@ -77,10 +77,15 @@ async def test_stale_versions_of_a_released_run_cause_no_writes(
     sched = await started(make_scheduler, **QUIET)
     run_store.add("a")
     await finished(run_store, "a")
-    # The watch can still deliver the terminal version from before the finalizer was released.
-    stale = dataclasses.replace(run_store.object("a"), finalizers=(models.FINALIZER,), resource_version="1")
+    # The watch can still deliver versions from before the run ended and let go.
+    current = run_store.object("a")
+    stale_terminal = dataclasses.replace(current, finalizers=(models.FINALIZER,), resource_version="1")
+    stale_running = dataclasses.replace(
+        stale_terminal, status=current.status.model_copy(update={"phase": models.Phase.RUNNING})
+    )
 
-    sched.observe(stale)
+    sched.observe(stale_terminal)
+    sched.observe(stale_running)
     await sched.wait_idle()
 
     assert run_store.writes_of("a") == HAPPY_WRITES

@@ -95,12 +95,12 @@ class Scheduler:
             self._foreign.pop(ref, None)
             self._on_deleting(run)
             return
-        if ref in self._active:
-            return
+        if ref in self._active or (ref, ref.uid) in self._released:
+            return  # ours: running now, or finished and let go (the watch may lag behind us)
         phase = run.status.phase
         if phase.terminal:
             self._foreign.pop(ref, None)
-            if run.has_finalizer and not self._draining and (ref, ref.uid) not in self._released:
+            if run.has_finalizer and not self._draining:
                 self._chore(self._release(run))  # e.g. the instance that finished it died before letting go
             return
         if phase is models.Phase.RUNNING:
