@@ -9,6 +9,7 @@ import os
 import pathlib
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -170,35 +171,53 @@ def existing_cluster(kubeconfig: pathlib.Path) -> Iterator[Cluster]:
 
 
 class WatchRecorder:
-    """Records every version of the AgentRuns in a namespace, through `kubectl get -w`."""
+    """Records every version of the AgentRuns in a namespace, through `kubectl get -w`.
+
+    If kubectl's watch ends (the API server may close watches), it is started again:
+    its fresh listing repeats current versions, which is harmless to what tests check.
+    """
 
     def __init__(self, cluster: Cluster, namespace: str, log_dir: pathlib.Path) -> None:
         self.path = log_dir / f"watch-{namespace}.jsonl"
-        self._file = self.path.open("wb")
-        self._process = subprocess.Popen(
-            [
-                str(cluster.kubectl_bin),
-                "--kubeconfig",
-                str(cluster.kubeconfig),
-                "get",
-                "agentruns",
-                "-n",
-                namespace,
-                "--watch",
-                "--output-watch-events",
-                "-o",
-                "json",
-            ],
-            stdout=self._file,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self.stderr_path = log_dir / f"watch-{namespace}.stderr"
+        self.restarts = 0
+        self._command = [
+            str(cluster.kubectl_bin), "--kubeconfig", str(cluster.kubeconfig), "get", "agentruns",
+            "-n", namespace, "--watch", "--output-watch-events", "-o", "json",
+        ]  # fmt: skip
+        self._file = self.path.open("ab")
+        self._stderr = self.stderr_path.open("ab")
+        self._stopped = threading.Event()
+        self._process = self._spawn()
+        self._keeper = threading.Thread(target=self._keep_watching, daemon=True)
+        self._keeper.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self._command, stdout=self._file, stderr=self._stderr, start_new_session=True)
+
+    def _keep_watching(self) -> None:
+        while not self._stopped.is_set():
+            if self._process.poll() is not None and not self._stopped.is_set():
+                self.restarts += 1
+                self._process = self._spawn()
+            self._stopped.wait(0.2)
 
     def stop(self) -> None:
+        self._stopped.set()
+        self._keeper.join(timeout=5)
         if self._process.poll() is None:
             self._process.terminate()
             self._process.wait(timeout=10)
         self._file.close()
+        self._stderr.close()
+
+    def terminal_names(self) -> set[str]:
+        """Runs the watch has seen in a terminal phase."""
+        return {
+            event["object"]["metadata"]["name"]
+            for event in self.events()
+            if (event["object"].get("status") or {}).get("phase") in TERMINAL
+        }
 
     def events(self) -> list[dict[str, Any]]:
         """Watch events so far: ``{"type": ADDED|MODIFIED|DELETED, "object": {...}}``."""

@@ -194,7 +194,11 @@ def test_stress_with_a_crash_leaves_every_run_terminal_exactly_once(
         cluster.wait_released(item["metadata"]["name"], namespace)
 
     # The watch saw every version: once terminal, a run's status never changed again.
-    harness.wait_until(lambda: len(watch.events()) >= total, what="the watch to catch up")
+    harness.wait_until(
+        lambda: len(watch.terminal_names()) == total,
+        timeout=60,
+        what=f"the watch to see every run terminal (kubectl restarts: {watch.restarts})",
+    )
     first_terminal: dict[str, str] = {}
     for event in watch.events():
         name = event["object"]["metadata"]["name"]
