@@ -156,9 +156,16 @@ class LocalCluster:
             raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result
 
-    def apply_crds(self) -> None:
+    def apply_crds(self, timeout: float = 60.0) -> None:
         self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        # Established comes a moment before the resource's storage serves requests (429 meanwhile).
+        processes.wait_until(
+            lambda: self.kubectl("get", "agentruns", "--all-namespaces", check=False).returncode == 0,
+            timeout=timeout,
+            interval=0.2,
+            what="the AgentRun storage to serve requests",
+        )
 
     def version(self) -> str:
         """The API server's gitVersion, such as ``v1.35.4``."""
