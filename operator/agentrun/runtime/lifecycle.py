@@ -100,8 +100,6 @@ class RunLifecycle:
     def __init__(self, run: store.RunObject, deps: Deps) -> None:
         self.run = run
         self.deps = deps
-        self.admitted = asyncio.Event()
-        """Set once the admission writes are done (or admission was declined)."""
         self.stop_cause: StopCause | None = None
         self.write_deadline: float | None = None
         """Monotonic time after which writes give up (set by the shutdown drain)."""
@@ -120,13 +118,10 @@ class RunLifecycle:
             self._work.cancel()
 
     async def __call__(self) -> None:
-        try:
-            if not await self._admit():
-                return
-            ending = await self._attempt()
-            await self._conclude(ending)
-        finally:
-            self.admitted.set()
+        if not await self._admit():
+            return
+        ending = await self._attempt()
+        await self._conclude(ending)
 
     # --- admission ---------------------------------------------------------------
 
@@ -164,7 +159,6 @@ class RunLifecycle:
                 return False  # another instance runs it; the finalizer is held for that run
             await self._release()
             return False
-        self.admitted.set()
         deps.metrics.runs_started.inc()
         deps.on_event(started, store.EventSeverity.NORMAL, "Started", f"run started by {deps.settings.instance}")
         return True
