@@ -33,6 +33,23 @@ def phase_of(run_store: fakes.FakeRunStore, name: str) -> models.Phase:
     return run_store.last(name).status.phase
 
 
+async def busy_and_queued(
+    make_scheduler: fakes.MakeScheduler,
+    run_store: fakes.FakeRunStore,
+    scripted_runner: fakes.ScriptedRunner,
+    busy: str,
+    queued: str,
+) -> tuple[scheduler.Scheduler, asyncio.Event]:
+    """A scheduler with one slot: ``busy`` holds it until the returned gate is set, ``queued`` waits."""
+    sched = await started(make_scheduler, max_concurrent_runs=1, **QUIET)
+    gate = scripted_runner.gate(busy)
+    run_store.add(busy)
+    await fakes.eventually(lambda: phase_of(run_store, busy) is models.Phase.RUNNING, what=f"{busy} to run")
+    run_store.add(queued)
+    await fakes.eventually(lambda: run_store.object(queued).status.reason == "Queued", what=f"{queued} to queue")
+    return sched, gate
+
+
 async def finished(run_store: fakes.FakeRunStore, name: str, *, timeout: float = 5.0) -> models.AgentRunStatus:
     """Wait until the run is terminal and our finalizer is gone."""
 
@@ -279,13 +296,7 @@ async def test_transient_write_failures_are_retried(
 async def test_concurrency_cap_queues_the_second_run_until_the_first_ends(
     make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    sched = await started(make_scheduler, max_concurrent_runs=1, **QUIET)
-    gate = scripted_runner.gate("first")
-    run_store.add("first")
-    await fakes.eventually(lambda: phase_of(run_store, "first") is models.Phase.RUNNING, what="first to run")
-    run_store.add("second")
-
-    await fakes.eventually(lambda: run_store.object("second").status.reason == "Queued", what="second to be queued")
+    sched, gate = await busy_and_queued(make_scheduler, run_store, scripted_runner, "first", "second")
     queued = run_store.object("second")
     assert queued.status.phase is models.Phase.PENDING
     assert not queued.has_finalizer
@@ -499,12 +510,7 @@ async def test_drain_keeps_short_results_and_fails_long_runs(
 async def test_drain_leaves_queued_runs_for_the_next_instance(
     make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    sched = await started(make_scheduler, max_concurrent_runs=1, **QUIET)
-    gate = scripted_runner.gate("busy")
-    run_store.add("busy")
-    await fakes.eventually(lambda: phase_of(run_store, "busy") is models.Phase.RUNNING, what="busy to run")
-    run_store.add("queued")
-    await fakes.eventually(lambda: run_store.object("queued").status.reason == "Queued", what="queued to be marked")
+    sched, gate = await busy_and_queued(make_scheduler, run_store, scripted_runner, "busy", "queued")
 
     draining = asyncio.create_task(sched.drain(1.0))
     await fakes.eventually(lambda: not sched.ready, what="the drain to begin")
