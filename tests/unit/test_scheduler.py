@@ -33,6 +33,21 @@ def phase_of(run_store: fakes.FakeRunStore, name: str) -> models.Phase:
     return run_store.last(name).status.phase
 
 
+async def running_gated(
+    make_scheduler: fakes.MakeScheduler,
+    run_store: fakes.FakeRunStore,
+    scripted_runner: fakes.ScriptedRunner,
+    name: str,
+    **settings: object,
+) -> tuple[scheduler.Scheduler, asyncio.Event]:
+    """A started scheduler with run ``name`` Running until the returned gate is set."""
+    sched = await started(make_scheduler, **settings)
+    gate = scripted_runner.gate(name)
+    run_store.add(name)
+    await fakes.eventually(lambda: phase_of(run_store, name) is models.Phase.RUNNING, what=f"{name} to run")
+    return sched, gate
+
+
 async def busy_and_queued(
     make_scheduler: fakes.MakeScheduler,
     run_store: fakes.FakeRunStore,
@@ -41,10 +56,7 @@ async def busy_and_queued(
     queued: str,
 ) -> tuple[scheduler.Scheduler, asyncio.Event]:
     """A scheduler with one slot: ``busy`` holds it until the returned gate is set, ``queued`` waits."""
-    sched = await started(make_scheduler, max_concurrent_runs=1, **QUIET)
-    gate = scripted_runner.gate(busy)
-    run_store.add(busy)
-    await fakes.eventually(lambda: phase_of(run_store, busy) is models.Phase.RUNNING, what=f"{busy} to run")
+    sched, gate = await running_gated(make_scheduler, run_store, scripted_runner, busy, max_concurrent_runs=1, **QUIET)
     run_store.add(queued)
     await fakes.eventually(lambda: run_store.object(queued).status.reason == "Queued", what=f"{queued} to queue")
     return sched, gate
@@ -226,10 +238,7 @@ async def test_request_shaped_problems_fail_after_admission(
 async def test_conflicting_write_is_retried_from_the_stored_object(
     make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    await started(make_scheduler, **QUIET)
-    gate = scripted_runner.gate("a")
-    run_store.add("a")
-    await fakes.eventually(lambda: phase_of(run_store, "a") is models.Phase.RUNNING, what="a to run")
+    _, gate = await running_gated(make_scheduler, run_store, scripted_runner, "a", **QUIET)
 
     run_store.touch("a")  # someone else moves the resourceVersion
     gate.set()
@@ -243,10 +252,7 @@ async def test_conflicting_write_is_retried_from_the_stored_object(
 async def test_terminal_state_recorded_meanwhile_is_never_overwritten(
     make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    await started(make_scheduler, **QUIET)
-    gate = scripted_runner.gate("a")
-    run_store.add("a")
-    await fakes.eventually(lambda: phase_of(run_store, "a") is models.Phase.RUNNING, what="a to run")
+    _, gate = await running_gated(make_scheduler, run_store, scripted_runner, "a", **QUIET)
     first = transitions.ended(
         run_store.object("a").status,
         transitions.failure(models.Reason.POD_FAILED, "recorded first"),
