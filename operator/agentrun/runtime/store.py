@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import functools
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -62,23 +63,33 @@ class RunObject:
     generation: int | None
     finalizers: tuple[str, ...]
     deleting: bool
-    spec: models.AgentRunSpec | None
-    spec_error: str | None
     status: models.AgentRunStatus
+    raw_spec: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    """The spec as stored; parsed on first use, since most watch events never need it."""
+
+    @functools.cached_property
+    def _parsed_spec(self) -> tuple[models.AgentRunSpec | None, str | None]:
+        try:
+            return models.AgentRunSpec.model_validate(self.raw_spec), None
+        except pydantic.ValidationError as error:
+            return None, "spec is invalid: " + "; ".join(
+                f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
+                for item in error.errors(include_input=False, include_url=False)
+            )
+
+    @property
+    def spec(self) -> models.AgentRunSpec | None:
+        """The parsed spec, or ``None`` when it is invalid (see ``spec_error``)."""
+        return self._parsed_spec[0]
+
+    @property
+    def spec_error(self) -> str | None:
+        return self._parsed_spec[1]
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> RunObject:
         """Parse an object as the API server returns it. A bad spec is kept as an error."""
         metadata = body.get("metadata") or {}
-        spec: models.AgentRunSpec | None = None
-        spec_error: str | None = None
-        try:
-            spec = models.AgentRunSpec.model_validate(body.get("spec") or {})
-        except pydantic.ValidationError as error:
-            spec_error = "spec is invalid: " + "; ".join(
-                f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
-                for item in error.errors(include_input=False, include_url=False)
-            )
         try:
             status = models.AgentRunStatus.model_validate(body.get("status") or {})
         except pydantic.ValidationError:
@@ -90,9 +101,8 @@ class RunObject:
             generation=metadata.get("generation"),
             finalizers=tuple(metadata.get("finalizers") or ()),
             deleting=metadata.get("deletionTimestamp") is not None,
-            spec=spec,
-            spec_error=spec_error,
             status=status,
+            raw_spec=body.get("spec") or {},
         )
 
     @property
