@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import fakes
 import pytest
+from kubernetes_asyncio.client import exceptions
 
 from agentrun.api import models
+from agentrun.kube import errors as kube_errors
 from agentrun.runtime import store
 
 
@@ -98,3 +102,31 @@ async def test_fake_store_lists_only_running_runs() -> None:
     run_store.add("running", status=models.AgentRunStatus(phase=models.Phase.RUNNING))
     run_store.add("done", status=models.AgentRunStatus(phase=models.Phase.SUCCEEDED))
     assert [run.ref.name for run in await run_store.list_running()] == ["running"]
+
+
+def _api_error(status: int) -> exceptions.ApiException:
+    error = exceptions.ApiException(status=status, reason="x")
+    error.body = json.dumps({"kind": "Status", "message": f"server says {status}"})
+    return error
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        pytest.param(409, store.Conflict, id="conflict"),
+        pytest.param(404, store.NotFound, id="not-found"),
+        pytest.param(410, store.Gone, id="gone"),
+        pytest.param(403, store.Forbidden, id="forbidden"),
+        pytest.param(422, store.Rejected, id="rejected"),
+        pytest.param(429, store.Unavailable, id="throttled"),
+        pytest.param(503, store.Unavailable, id="unavailable"),
+    ],
+)
+def test_api_errors_are_classified_with_the_servers_message(status: int, expected: type[store.StoreError]) -> None:
+    with (
+        pytest.raises(expected, match=f"^patch AgentRun ns/a: server says {status}$") as raised,
+        kube_errors.translated("patch AgentRun ns/a"),
+    ):
+        raise _api_error(status)
+    # Whatever handles NotFound also handles an expired watch, unless it asks for Gone.
+    assert isinstance(raised.value, store.NotFound) == (status in (404, 410))

@@ -29,8 +29,10 @@ def translated(action: str) -> Iterator[None]:
         match error.status:
             case 409:
                 raise store.Conflict(message) from error
-            case 404 | 410:
+            case 404:
                 raise store.NotFound(message) from error
+            case 410:
+                raise store.Gone(message) from error
             case 401 | 403:
                 raise store.Forbidden(message) from error
             case 422 | 400:

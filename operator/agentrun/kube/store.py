@@ -199,28 +199,39 @@ class KubeRunStore:
 
 
 async def watch_run(api: client.ApiClient, namespace: str, name: str) -> AsyncIterator[dict[str, Any]]:
-    """The run as it is now, then each new version of it, until the watch ends."""
+    """The run as it is now, then each new version of it, until it is deleted.
+
+    The watch is renewed every minute; if its resourceVersion expires (410), the run
+    is read again and watched from there, so a long follow never stops on its own.
+    """
     custom = client.CustomObjectsApi(api)
-    with errors.translated(f"read AgentRun {namespace}/{name}"):
-        body = await custom.get_namespaced_custom_object(models.GROUP, models.VERSION, namespace, models.PLURAL, name)
-    yield body
-    resource_version = body["metadata"]["resourceVersion"]
+    resource_version: str | None = None
     while True:
+        if resource_version is None:
+            with errors.translated(f"read AgentRun {namespace}/{name}"):
+                body = await custom.get_namespaced_custom_object(
+                    models.GROUP, models.VERSION, namespace, models.PLURAL, name
+                )
+            resource_version = body["metadata"]["resourceVersion"]
+            yield body
         stream = watch.Watch()
-        with errors.translated(f"watch AgentRun {namespace}/{name}"):
-            async with stream.stream(
-                custom.list_namespaced_custom_object,
-                models.GROUP,
-                models.VERSION,
-                namespace,
-                models.PLURAL,
-                field_selector=f"metadata.name={name}",
-                resource_version=resource_version,
-                timeout_seconds=60,
-            ) as events:
-                async for event in events:
-                    if event["type"] == "DELETED":
-                        return
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        resource_version = event["object"]["metadata"]["resourceVersion"]
-                        yield event["object"]
+        try:
+            with errors.translated(f"watch AgentRun {namespace}/{name}"):
+                async with stream.stream(
+                    custom.list_namespaced_custom_object,
+                    models.GROUP,
+                    models.VERSION,
+                    namespace,
+                    models.PLURAL,
+                    field_selector=f"metadata.name={name}",
+                    resource_version=resource_version,
+                    timeout_seconds=60,
+                ) as events:
+                    async for event in events:
+                        if event["type"] == "DELETED":
+                            return
+                        if event["type"] in ("ADDED", "MODIFIED"):
+                            resource_version = event["object"]["metadata"]["resourceVersion"]
+                            yield event["object"]
+        except store.Gone:
+            resource_version = None

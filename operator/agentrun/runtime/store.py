@@ -30,6 +30,10 @@ class NotFound(StoreError):
     """The object no longer exists."""
 
 
+class Gone(NotFound):
+    """A watch's resourceVersion has expired (HTTP 410): read the object again and resume."""
+
+
 class Forbidden(StoreError):
     """The operator's ServiceAccount lacks a permission; retrying will not help."""
 
