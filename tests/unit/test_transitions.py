@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 from collections.abc import Callable
 
 import pytest
 
 from agentrun.api import models
-from agentrun.runtime import transitions
+from agentrun.runtime import runner, transitions
 
 T0 = datetime.datetime(2025, 1, 1, 12, 0, tzinfo=datetime.UTC)
 RING = 50
@@ -23,8 +24,15 @@ def running(now: datetime.datetime = T0, *, ring_size: int = RING) -> models.Age
     return transitions.admitted(models.AgentRunStatus(), runner=RUNNER, generation=3, now=now, ring_size=ring_size)
 
 
+_TICKS = itertools.count(1)
+
+
 def progress(*kinds: str, now: datetime.datetime = T0) -> list[transitions.PendingEvent]:
-    return [transitions.PendingEvent(kind, now, {"n": i}) for i, kind in enumerate(kinds)]
+    """Pending events as the progress sink makes them: each with a time of its own."""
+    return [
+        transitions.PendingEvent(kind, now + datetime.timedelta(microseconds=next(_TICKS)), {"n": i})
+        for i, kind in enumerate(kinds)
+    ]
 
 
 SUCCESS = transitions.Ending(
@@ -205,6 +213,28 @@ def test_ring_keeps_the_newest_and_counts_all(emitted: int, ring_size: int) -> N
     assert status.events[-1].type == "run_succeeded"
 
 
+def test_events_already_recorded_are_not_added_again() -> None:
+    # A write the API server applied but whose answer was lost is retried with the same events.
+    pending = progress("model_request", "tool_call")
+    once = transitions.progressed(running(), pending, now=at(1), ring_size=RING)
+    again = transitions.ended(
+        models.AgentRunStatus.model_validate(once.to_wire()),
+        SUCCESS,
+        events=[*pending, *progress("tool_call", now=at(2))],
+        generation=1,
+        now=at(3),
+        ring_size=RING,
+    )
+    assert [(e.id, e.type) for e in again.events] == [
+        (1, "run_started"),
+        (2, "model_request"),
+        (3, "tool_call"),
+        (4, "tool_call"),
+        (5, "run_succeeded"),
+    ]
+    assert again.event_count == 5
+
+
 def test_ring_survives_a_wire_round_trip() -> None:
     status = running(ring_size=4)
     for i in range(6):
@@ -287,3 +317,13 @@ HEARTBEATS = [
 @pytest.mark.parametrize(("status", "now", "expired"), HEARTBEATS)
 def test_heartbeat_expired(status: models.AgentRunStatus, now: datetime.datetime, expired: bool) -> None:
     assert transitions.heartbeat_expired(status, timeout=TIMEOUT, now=now) is expired
+
+
+def test_progress_sink_stamps_strictly_increasing_times() -> None:
+    # Even on a clock that stands still, (type, time) stays unique within a run.
+    sink = runner.ProgressSink(lambda: T0)
+    for _ in range(3):
+        sink.emit("tool_call", {"tool": "lookup"})
+    times = [event.time for event in sink.pending]
+    assert times == sorted(set(times))
+    assert times[0] == T0

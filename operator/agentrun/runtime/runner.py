@@ -27,9 +27,16 @@ class ProgressSink:
         self._clock = clock
         self.pending: list[transitions.PendingEvent] = []
         self.arrived = asyncio.Event()
+        self._last: datetime.datetime | None = None
 
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
-        self.pending.append(transitions.PendingEvent(event_type, self._clock(), data or None))
+        # Strictly increasing times make (type, time) identify an event, so a retried write
+        # never records the same event twice (see transitions.with_events).
+        now = self._clock()
+        if self._last is not None and now <= self._last:
+            now = self._last + datetime.timedelta(microseconds=1)
+        self._last = now
+        self.pending.append(transitions.PendingEvent(event_type, now, data or None))
         self.arrived.set()
 
     def taken(self, count: int) -> None:

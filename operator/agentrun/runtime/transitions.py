@@ -89,10 +89,17 @@ def _guard(status: models.AgentRunStatus) -> None:
 def with_events(
     status: models.AgentRunStatus, events: Iterable[PendingEvent], *, ring_size: int
 ) -> models.AgentRunStatus:
-    """Number ``events`` after the last one and keep only the newest ``ring_size``."""
+    """Number ``events`` after the last one and keep only the newest ``ring_size``.
+
+    An event already in the ring (same type and time) is not added again: a write can be
+    applied by the API server while its answer is lost, and the next write retries it.
+    """
     ring = list(status.events)
+    recorded = {(event.type, event.time) for event in ring}
     count = status.event_count
     for event in events:
+        if (event.type, event.time) in recorded:
+            continue
         count += 1
         ring.append(models.RunEvent(id=count, type=event.type, time=event.time, data=event.data))
     return status.model_copy(update={"events": ring[-ring_size:], "event_count": count})
