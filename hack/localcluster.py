@@ -141,6 +141,13 @@ class LocalCluster:
         _terminate(self._apiserver)
         self._apiserver = None
 
+    def kill_apiserver(self) -> None:
+        """Kill kube-apiserver at once: requests in flight may be applied with their replies lost."""
+        if self._apiserver is not None and self._apiserver.poll() is None:
+            self._apiserver.kill()
+            self._apiserver.wait(timeout=15)
+        self._apiserver = None
+
     # --- access ---------------------------------------------------------------------
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -126,10 +126,10 @@ def _detail(event: dict[str, Any]) -> str:
 async def _events(name: str, namespace: str | None, *, follow: bool, output: str) -> int:
     from agentrun.kube import connection
     from agentrun.kube import store as kube_store
-    from agentrun.runtime import store
+    from agentrun.runtime import ports
 
     try:
-        conn = await connection.connect()
+        conn = await connection.connect(request_timeout=30.0)
     except Exception as error:  # any kubeconfig problem is reported the same way
         print(f"error: cannot load Kubernetes configuration: {error}", file=sys.stderr)
         return EXIT_ERROR
@@ -157,10 +157,10 @@ async def _events(name: str, namespace: str | None, *, follow: bool, output: str
                 return EXIT_NOT_FINISHED
         print(f"error: AgentRun {namespace}/{name} was deleted", file=sys.stderr)
         return EXIT_NOT_FOUND
-    except store.NotFound:
+    except ports.NotFound:
         print(f"error: AgentRun {namespace}/{name} not found", file=sys.stderr)
         return EXIT_NOT_FOUND
-    except store.StoreError as error:
+    except ports.ApiError as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
     finally:

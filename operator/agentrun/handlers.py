@@ -1,27 +1,26 @@
-"""kopf wiring: thin, typed handlers that hand objects to the scheduler.
+"""kopf wiring: thin, typed handlers that hand runs to the reconciler.
 
 Only ``on.event`` handlers watch AgentRuns: they keep no progress annotations and
 no last-handled configuration, so kopf itself makes no writes per run. The
-operator manages its own finalizer (see :mod:`agentrun.runtime.lifecycle`).
+operator manages its own finalizer (see :mod:`agentrun.runtime.reconciler`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import functools
 import logging
 from typing import Any
 
 import kopf
 
-from agentrun import health
-from agentrun import settings as settings_module
+from agentrun import health, settings
 from agentrun.api import models
 from agentrun.kube import connection
 from agentrun.kube import store as kube_store
-from agentrun.layers import registry as layer_registry
-from agentrun.runtime import metrics, runner, scheduler, store
+from agentrun.layers import registry
+from agentrun.runtime import metrics, ports, reconciler, runner, services, supervision, writer
 
 logger = logging.getLogger(__name__)
 
@@ -30,106 +29,119 @@ logger = logging.getLogger(__name__)
 class OperatorContext:
     """Everything the handlers share, carried in kopf's ``memo``."""
 
-    settings: settings_module.Settings
-    scheduler: scheduler.Scheduler | None = None
+    settings: settings.Settings
+    reconciler: reconciler.Reconciler | None = None
     connection: connection.Connection | None = None
     health: health.HealthServer | None = None
-    background: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
+    supervisor: supervision.Supervisor = dataclasses.field(default_factory=supervision.Supervisor)
 
     def readiness(self) -> dict[str, Any]:
-        sched = self.scheduler
-        if sched is None:
+        core = self.reconciler
+        if core is None:
             return {"ready": False}
-        return {"ready": sched.ready, "active": sched.active_count, "queued": sched.queued_count}
+        return {"ready": core.ready, "active": core.active_count, "queued": core.queued_count}
 
 
 def build_registry() -> kopf.OperatorRegistry:
     """A kopf registry with the AgentRun handlers (no module-level registration)."""
-    registry = kopf.OperatorRegistry()
+    kopf_registry = kopf.OperatorRegistry()
     resource = (models.GROUP, models.VERSION, models.PLURAL)
 
-    @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # The same sources as kube.connection: the Pod's ServiceAccount, else the kubeconfig.
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    @kopf.on.login(registry=kopf_registry)
+    async def login(**_: Any) -> kopf.ConnectionInfo:
+        # The same source and credentials as the operator's own client (kube.connection).
+        found = await connection.credentials()
+        return kopf.ConnectionInfo(
+            server=found.server,
+            ca_path=found.ca_path,
+            token=found.token,
+            certificate_path=found.certificate_path,
+            private_key_path=found.private_key_path,
+            insecure=found.insecure,
+        )
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(registry=kopf_registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         context: OperatorContext = memo["context"]
-        _configure_kopf(settings)
-        context.connection = await connection.connect()
-        run_store = kube_store.KubeRunStore(
-            context.connection.api, namespaces=context.settings.namespaces, instance=context.settings.instance
+        _configure_kopf(settings, context.settings)
+        context.connection = await connection.connect(context.settings.api_request_timeout_seconds)
+        api = kube_store.KubeRunStore(
+            context.connection.api,
+            namespaces=context.settings.namespaces,
+            instance=context.settings.instance,
+            request_timeout=context.settings.api_request_timeout_seconds,
         )
-        task_runner = runner.TaskRunner(layer_registry.LayerRegistry.from_entry_points(), run_store)
         run_metrics = metrics.Metrics()
         if context.settings.metrics_port:
             metrics.serve(run_metrics, context.settings.metrics_port)
-        context.scheduler = scheduler.Scheduler(
-            run_store=run_store, run_runner=task_runner, settings=context.settings, run_metrics=run_metrics
+        svc = services.Services(
+            api=api,
+            writer=writer.Writer(api, run_metrics),
+            runner=runner.TaskRunner(registry.LayerRegistry.from_entry_points(), api),
+            settings=context.settings,
+            metrics=run_metrics,
+            supervisor=context.supervisor,
         )
+        core = context.reconciler = reconciler.Reconciler(svc)
         if context.settings.liveness_port:
             context.health = health.HealthServer(context.settings.liveness_port, context.readiness)
             await context.health.start()
         # Recovery reads every Running run; it runs beside the watch so /healthz answers meanwhile.
-        _spawn(context, _recover_then_sweep(context.scheduler, context.settings))
+        context.supervisor.keep_running(
+            functools.partial(_recover_then_resync, core, context.settings), what="recovery and resync", critical=True
+        )
 
-    @kopf.on.event(*resource, registry=registry)
+    @kopf.on.event(*resource, registry=kopf_registry)
     async def agentrun_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
         context: OperatorContext = memo["context"]
-        if context.scheduler is None:
+        if context.reconciler is None:
             return
-        body = event["object"]
-        run = store.RunObject.from_body(body)
+        run = ports.RunObject.from_body(event["object"])
         if event["type"] == "DELETED":
-            context.scheduler.forget(run.ref)
+            context.reconciler.forget(run.ref)
             return
-        context.scheduler.observe(run)
+        context.reconciler.observe(run)
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(registry=kopf_registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         context: OperatorContext = memo["context"]
-        for task in context.background:
-            task.cancel()
-        if context.scheduler is not None:
-            await context.scheduler.drain(context.settings.shutdown_grace_seconds)
-            await context.scheduler.close()
+        if context.reconciler is not None:
+            await context.reconciler.drain(context.settings.shutdown_grace_seconds)
+        await context.supervisor.close()
         if context.connection is not None:
             await context.connection.close()
         if context.health is not None:
             await context.health.stop()
 
-    return registry
+    return kopf_registry
 
 
-def _configure_kopf(settings: kopf.OperatorSettings) -> None:
+def _configure_kopf(kopf_settings: kopf.OperatorSettings, operator_settings: settings.Settings) -> None:
     # The operator manages agentrun.dev/finalizer itself. kopf must not share that name:
     # it removes "its" finalizer from objects that no deletion handler needs.
-    settings.posting.enabled = False
+    kopf_settings.posting.enabled = False
     # Only AgentRuns are watched, by their exact group and version: no CRD discovery (and no RBAC for it).
-    settings.scanning.disabled = True
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    settings.networking.request_timeout = 30
+    kopf_settings.scanning.disabled = True
+    kopf_settings.watching.server_timeout = 300
+    kopf_settings.watching.client_timeout = 330
+    kopf_settings.networking.request_timeout = operator_settings.api_request_timeout_seconds
 
 
-def _spawn(context: OperatorContext, coroutine: Any) -> None:
-    task = asyncio.create_task(coroutine)
-    context.background.add(task)
-    task.add_done_callback(context.background.discard)
-
-
-async def _recover_then_sweep(sched: scheduler.Scheduler, settings: settings_module.Settings) -> None:
+async def _recover_then_resync(core: reconciler.Reconciler, operator_settings: settings.Settings) -> None:
+    """Startup recovery (retried while the API server is unavailable), then the periodic resync."""
+    backoff = writer.Backoff(initial=1.0, cap=10.0)
     while True:
         try:
-            orphans = await sched.recover()
+            orphans = await core.recover()
             break
-        except store.StoreError as error:
+        except ports.ApiError as error:
             logger.warning("startup recovery could not list AgentRuns, will retry: %s", error)
-            await asyncio.sleep(2)
+            await backoff.sleep(None)
     if orphans:
         logger.warning("failed %d runs orphaned by a previous operator instance", orphans)
     while True:
-        await asyncio.sleep(settings.heartbeat_interval_seconds)
-        with contextlib.suppress(store.StoreError):
-            await sched.sweep_orphans()
+        await asyncio.sleep(operator_settings.heartbeat_interval_seconds)
+        try:
+            await core.resync()
+        except ports.ApiError as error:
+            logger.warning("resync could not read the runs this instance owns, will retry: %s", error)

@@ -71,6 +71,15 @@ class Settings(pydantic_settings.BaseSettings):
     heartbeat_timeout_seconds: float = pydantic.Field(
         60.0, gt=0, description="A Running run whose heartbeat is older than this is an orphan."
     )
+    default_timeout_seconds: float = pydantic.Field(
+        3600.0,
+        gt=0,
+        le=7 * 24 * 3600,
+        description="Deadline of runs that set no timeoutSeconds: nothing waits forever.",
+    )
+    api_request_timeout_seconds: float = pydantic.Field(
+        30.0, gt=0, le=300, description="Timeout of each request to the API server (watches excepted)."
+    )
     liveness_port: int = pydantic.Field(8080, ge=0, le=65535, description="Port of /healthz; 0 disables it.")
     metrics_port: int = pydantic.Field(
         9090, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0 disables it."

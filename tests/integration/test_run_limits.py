@@ -38,6 +38,7 @@ def test_output_over_the_status_budget_is_offloaded_to_an_owned_secret(
     assert secret["metadata"]["labels"] == {
         "app.kubernetes.io/managed-by": "agentrun-operator",
         "agentrun.dev/run": "big",
+        "agentrun.dev/run-uid": body["metadata"]["uid"],
     }
     # The snapshot (history with the long prompt twice) went the same way.
     assert "sessionSnapshot" not in status

@@ -12,7 +12,7 @@ import fakes
 import pytest
 
 from agentrun.layers import base, registry
-from agentrun.runtime import runner, scheduler, store
+from agentrun.runtime import metrics, ports, reconciler, runner, services, supervision, writer
 
 UNIT_TIMEOUT_SECONDS = 30
 """A unit test that hangs fails in this time, not in the suite-wide five minutes."""
@@ -65,39 +65,48 @@ def task_runner(layer_registry: registry.LayerRegistry, run_store: fakes.FakeRun
 
 
 @pytest.fixture
-async def make_scheduler(
+async def make_reconciler(
     run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
-) -> AsyncIterator[fakes.MakeScheduler]:
-    """Build schedulers wired to the fake store's watch, as kopf wires the real one.
+) -> AsyncIterator[fakes.MakeReconciler]:
+    """Build reconcilers wired to the fake store's watch, as kopf wires the real one.
 
-    Every scheduler is closed afterwards, and the test must leave no task behind.
+    Every reconciler is closed afterwards, and the test must leave no task behind.
     """
-    made: list[tuple[scheduler.Scheduler, fakes.Watcher]] = []
+    made: list[tuple[reconciler.Reconciler, fakes.Watcher]] = []
 
     def make(
-        run_runner: runner.Runner | None = None, *, clock: runner.Clock | None = None, **settings: Any
-    ) -> scheduler.Scheduler:
-        kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
-        sched = scheduler.Scheduler(
-            run_store=run_store,
-            run_runner=run_runner or scripted_runner,
+        run_runner: runner.Runner | None = None, *, clock: services.Clock | None = None, **settings: Any
+    ) -> reconciler.Reconciler:
+        run_metrics = metrics.Metrics()
+        svc = services.Services(
+            api=run_store,
+            writer=writer.Writer(run_store, run_metrics),
+            runner=run_runner or scripted_runner,
             settings=fakes.settings(**settings),
-            **kwargs,
+            metrics=run_metrics,
+            supervisor=supervision.Supervisor(on_fatal=_fatal_in_tests),
+            **({"clock": clock} if clock is not None else {}),
         )
+        core = reconciler.Reconciler(svc)
 
-        def on_event(event_type: str, run: store.RunObject) -> None:
+        def on_event(event_type: str, run: ports.RunObject) -> None:
             if event_type == "DELETED":
-                sched.forget(run.ref)
+                core.forget(run.ref)
             else:
-                sched.observe(run)
+                core.observe(run)
 
         run_store.watch(on_event)
-        made.append((sched, on_event))
-        return sched
+        made.append((core, on_event))
+        return core
 
     yield make
-    for sched, on_event in made:
+    for core, on_event in made:
         run_store.unwatch(on_event)
-        await sched.close()
+        await core.close()
+        assert core.svc.supervisor.failures == 0, "a background task failed unexpectedly (see the log)"
     leftover = [task for task in asyncio.all_tasks() if task is not asyncio.current_task() and not task.done()]
     assert not leftover, f"tasks left behind: {leftover}"
+
+
+def _fatal_in_tests(what: str) -> None:
+    raise AssertionError(f"a critical loop failed: {what}")

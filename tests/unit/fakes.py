@@ -1,10 +1,11 @@
 """In-memory fakes of the runtime's ports, and the helpers the unit tier shares.
 
-``FakeRunStore`` behaves like the API server as :class:`agentrun.runtime.store.RunStore`
+``FakeRunStore`` behaves like the API server as :class:`agentrun.runtime.ports.RunApi`
 sees it: objects live as wire bodies, every write bumps a global resourceVersion,
 guarded writes at a stale resourceVersion raise ``Conflict``, missing objects raise
 ``NotFound``, removing the last finalizer of a deleting object deletes it, and watchers
 receive each new version of an object asynchronously, as a watch stream delivers it.
+It can also apply a write and then drop the reply, as a broken connection does.
 """
 
 from __future__ import annotations
@@ -20,17 +21,18 @@ from typing import Any
 
 from agentrun import settings as settings_module
 from agentrun.api import models
-from agentrun.layers import errors
-from agentrun.runtime import runner, scheduler, store
+from agentrun.kube import store as kube_store
+from agentrun.layers import compositor
+from agentrun.runtime import ports, progress, reconciler
 
 NAMESPACE = "ns"
 EPOCH = datetime.datetime(2025, 1, 1, 12, 0, tzinfo=datetime.UTC)
 
-Watcher = Callable[[str, store.RunObject], None]
+Watcher = Callable[[str, ports.RunObject], None]
 """Receives ``(event type, object)``: ``ADDED``, ``MODIFIED`` or ``DELETED``."""
 
-MakeScheduler = Callable[..., scheduler.Scheduler]
-"""Builds a scheduler wired to the fake store (the ``make_scheduler`` fixture)."""
+MakeReconciler = Callable[..., reconciler.Reconciler]
+"""Builds a reconciler wired to the fake store (the ``make_reconciler`` fixture)."""
 
 
 def settings(**overrides: Any) -> settings_module.Settings:
@@ -93,7 +95,9 @@ class FakeRunStore:
         self._gone: dict[tuple[str, str], dict[str, Any]] = {}
         self._revision = itertools.count(1)
         self._uids = itertools.count(1)
-        self._failures: list[store.StoreError] = []
+        self._failures: list[ports.ApiError] = []
+        self._lost_replies = 0
+        self._payload_failures: list[ports.ApiError] = []
         self._watchers: list[Watcher] = []
         self.writes: list[Write] = []
         self.refusals: list[Refusal] = []
@@ -112,7 +116,7 @@ class FakeRunStore:
         status: models.AgentRunStatus | None = None,
         finalizers: tuple[str, ...] = (),
         namespace: str = NAMESPACE,
-    ) -> store.RunObject:
+    ) -> ports.RunObject:
         """Create an object, as ``kubectl apply`` would."""
         key = (namespace, name)
         assert key not in self._bodies, f"{namespace}/{name} exists already"
@@ -135,15 +139,15 @@ class FakeRunStore:
         self._notify("ADDED", body)
         return self.object(name, namespace)
 
-    def object(self, name: str, namespace: str = NAMESPACE) -> store.RunObject:
+    def object(self, name: str, namespace: str = NAMESPACE) -> ports.RunObject:
         """The object as stored now; KeyError if it is gone."""
-        return store.RunObject.from_body(copy.deepcopy(self._bodies[namespace, name]))
+        return ports.RunObject.from_body(copy.deepcopy(self._bodies[namespace, name]))
 
-    def last(self, name: str, namespace: str = NAMESPACE) -> store.RunObject:
+    def last(self, name: str, namespace: str = NAMESPACE) -> ports.RunObject:
         """The object as stored now, or as it was when it was deleted."""
         key = (namespace, name)
         body = self._bodies.get(key) or self._gone[key]
-        return store.RunObject.from_body(copy.deepcopy(body))
+        return ports.RunObject.from_body(copy.deepcopy(body))
 
     def exists(self, name: str, namespace: str = NAMESPACE) -> bool:
         return (namespace, name) in self._bodies
@@ -171,9 +175,17 @@ class FakeRunStore:
         else:
             self._remove(key)
 
-    def fail_next_writes(self, count: int, error: type[store.StoreError] = store.Unavailable) -> None:
+    def fail_next_writes(self, count: int, error: type[ports.ApiError] = ports.Unavailable) -> None:
         """The next ``count`` status or finalizer writes fail with ``error``."""
         self._failures.extend(error(f"injected {error.__name__}") for _ in range(count))
+
+    def fail_next_payloads(self, count: int, error: type[ports.ApiError] = ports.Unavailable) -> None:
+        """The next ``count`` offloads of a payload fail with ``error``."""
+        self._payload_failures.extend(error(f"injected {error.__name__}") for _ in range(count))
+
+    def lose_next_replies(self, count: int) -> None:
+        """The next ``count`` status or finalizer writes are applied, then their reply is lost."""
+        self._lost_replies += count
 
     def watch(self, watcher: Watcher) -> None:
         """Deliver every object as it is now, then each change, like a watch stream."""
@@ -192,53 +204,71 @@ class FakeRunStore:
 
     # --- the RunStore protocol -----------------------------------------------------------
 
-    async def get(self, ref: store.RunRef) -> store.RunObject:
+    async def get(self, ref: ports.RunRef) -> ports.RunObject:
         await asyncio.sleep(0)
         self.reads += 1
         body = self._bodies.get((ref.namespace, ref.name))
         if body is None:
-            raise store.NotFound(f"AgentRun {ref} not found")
-        return store.RunObject.from_body(copy.deepcopy(body))
+            raise ports.NotFound(f"AgentRun {ref} not found")
+        return ports.RunObject.from_body(copy.deepcopy(body))
 
-    async def list_running(self) -> list[store.RunObject]:
+    async def list_running(self) -> list[ports.RunObject]:
         await asyncio.sleep(0)
         return [
-            store.RunObject.from_body(copy.deepcopy(body))
+            ports.RunObject.from_body(copy.deepcopy(body))
             for body in self._bodies.values()
             if (body.get("status") or {}).get("phase") == models.Phase.RUNNING.value
         ]
 
-    async def write_status(self, run: store.RunObject, status: models.AgentRunStatus) -> store.RunObject:
+    async def write_status(self, run: ports.RunObject, status: models.AgentRunStatus) -> ports.RunObject:
         await asyncio.sleep(0)
         body = self._guarded("status", run)
-        body["status"] = status.to_wire()
+        # A merge patch of the fields the operator owns: others (from another version) are kept.
+        stored = body.setdefault("status", {})
+        for name, value in status.to_wire().items():
+            stored[name] = value
+        for name, field in models.AgentRunStatus.model_fields.items():
+            wire = field.alias or name
+            if wire not in status.to_wire():
+                stored.pop(wire, None)
         self._bump(body)
         self.writes.append(Write("status", run.ref.name, status.phase.value))
-        return store.RunObject.from_body(copy.deepcopy(body))
+        self._drop_reply()
+        return ports.RunObject.from_body(copy.deepcopy(body))
 
-    async def set_finalizer(self, run: store.RunObject, present: bool) -> store.RunObject | None:
+    def _drop_reply(self) -> None:
+        if self._lost_replies:
+            self._lost_replies -= 1
+            self.refusals.append(Refusal("reply", "", "lost"))
+            raise ports.Unavailable("injected: the connection dropped after the write was applied")
+
+    async def set_finalizer(self, run: ports.RunObject, present: bool) -> ports.RunObject | None:
         await asyncio.sleep(0)
         try:
             body = self._guarded("finalizer", run)
-        except store.NotFound:
+        except ports.NotFound:
             return None
         metadata = body["metadata"]
         others = [f for f in metadata["finalizers"] if f != models.FINALIZER]
         if present and "deletionTimestamp" in metadata and models.FINALIZER not in metadata["finalizers"]:
             self.refusals.append(Refusal("finalizer", run.ref.name, "Rejected"))
-            raise store.Rejected("no new finalizers can be added if the object is being deleted")
+            raise ports.Rejected("no new finalizers can be added if the object is being deleted")
         metadata["finalizers"] = [*others, models.FINALIZER] if present else others
         self.writes.append(Write("finalizer", run.ref.name, "add" if present else "remove"))
         if "deletionTimestamp" in metadata and not metadata["finalizers"]:
             snapshot = copy.deepcopy(body)
             self._remove((run.ref.namespace, run.ref.name))
-            return store.RunObject.from_body(snapshot)
+            self._drop_reply()
+            return ports.RunObject.from_body(snapshot)
         self._bump(body)
-        return store.RunObject.from_body(copy.deepcopy(body))
+        self._drop_reply()
+        return ports.RunObject.from_body(copy.deepcopy(body))
 
-    async def store_payload(self, run: store.RunObject, purpose: str, payload: str) -> models.ContentRef:
+    async def store_payload(self, run: ports.RunObject, purpose: str, payload: str) -> models.ContentRef:
         await asyncio.sleep(0)
-        name = f"{run.ref.name}-{purpose}"
+        if self._payload_failures:
+            raise self._payload_failures.pop(0)
+        name = kube_store.payload_secret_name(run, purpose)
         self.payloads[name] = payload
         return models.ContentRef(kind="Secret", name=name, key=f"{purpose}.json", size_bytes=len(payload.encode()))
 
@@ -246,29 +276,29 @@ class FakeRunStore:
         await asyncio.sleep(0)
         value = self.secrets.get((namespace, name, key))
         if value is None:
-            raise store.NotFound(f"Secret {namespace}/{name} has no key {key!r}")
+            raise ports.NotFound(f"Secret {namespace}/{name} has no key {key!r}")
         return value
 
-    async def record_event(
-        self, run: store.RunObject, severity: store.EventSeverity, reason: str, message: str, now: datetime.datetime
+    async def post_kube_event(
+        self, run: ports.RunObject, event_type: ports.KubeEventType, reason: str, message: str, now: datetime.datetime
     ) -> None:
         await asyncio.sleep(0)
-        self.events.append((run.ref.name, severity.value, reason))
+        self.events.append((run.ref.name, event_type.value, reason))
 
     # --- internals ----------------------------------------------------------------------
 
-    def _guarded(self, kind: str, run: store.RunObject) -> dict[str, Any]:
+    def _guarded(self, kind: str, run: ports.RunObject) -> dict[str, Any]:
         body = self._bodies.get((run.ref.namespace, run.ref.name))
         if body is None:
             self.refusals.append(Refusal(kind, run.ref.name, "NotFound"))
-            raise store.NotFound(f"AgentRun {run.ref} not found")
+            raise ports.NotFound(f"AgentRun {run.ref} not found")
         if self._failures:
             failure = self._failures.pop(0)
             self.refusals.append(Refusal(kind, run.ref.name, type(failure).__name__))
             raise failure
         if body["metadata"]["resourceVersion"] != run.resource_version:
             self.refusals.append(Refusal(kind, run.ref.name, "Conflict"))
-            raise store.Conflict(f"AgentRun {run.ref} was modified")
+            raise ports.Conflict(f"AgentRun {run.ref} was modified")
         return body
 
     def _bump(self, body: dict[str, Any]) -> None:
@@ -293,7 +323,7 @@ class FakeRunStore:
 
         def deliver() -> None:
             if watcher in self._watchers:
-                watcher(event_type, store.RunObject.from_body(snapshot))
+                watcher(event_type, ports.RunObject.from_body(snapshot))
 
         loop.call_soon(deliver)
 
@@ -304,8 +334,11 @@ class Script:
 
     gate: asyncio.Event | None = None
     """When set, the run waits for it before finishing."""
-    failure: errors.RunFailure | None = None
+    failure: BaseException | None = None
+    """Raised instead of finishing: a classified RunFailure, or any other exception."""
     output: Any = "done"
+    layer_state: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """The runtime state every layer leaves in the session snapshot."""
     progress: list[tuple[str, dict[str, Any]]] = dataclasses.field(default_factory=list)
 
 
@@ -324,12 +357,12 @@ class ScriptedRunner:
         self.scripts[name] = dataclasses.replace(self.scripts.get(name, Script()), gate=gate)
         return gate
 
-    async def execute(self, run: store.RunObject, progress: runner.ProgressSink) -> runner.RunOutcome:
+    async def execute(self, run: ports.RunObject, sink: progress.ProgressSink) -> compositor.CompositionResult:
         name = run.ref.name
         script = self.scripts.get(name, Script())
         self.started.append(name)
         for event_type, data in script.progress:
-            progress.emit(event_type, data)
+            sink.emit(event_type, data)
         try:
             if script.gate is not None:
                 await script.gate.wait()
@@ -340,12 +373,16 @@ class ScriptedRunner:
             raise script.failure
         self.finished.append(name)
         layers = run.spec.composition.layers if run.spec else []
-        return runner.RunOutcome(
+        return compositor.CompositionResult(
             output=script.output,
             usage=models.Usage(requests=1, input_tokens=3, output_tokens=2),
             session_snapshot=models.SessionSnapshot(
                 layers=[
-                    models.LayerSnapshot(name=layer.name, lifecycle_state=models.LifecycleState.SUSPENDED)
+                    models.LayerSnapshot(
+                        name=layer.name,
+                        lifecycle_state=models.LifecycleState.SUSPENDED,
+                        runtime_state=script.layer_state,
+                    )
                     for layer in layers
                 ]
             ),

@@ -9,7 +9,8 @@ from collections.abc import Callable
 import pytest
 
 from agentrun.api import models
-from agentrun.runtime import runner, transitions
+from agentrun.runtime import progress as progress_sink
+from agentrun.runtime import transitions
 
 T0 = datetime.datetime(2025, 1, 1, 12, 0, tzinfo=datetime.UTC)
 RING = 50
@@ -321,7 +322,7 @@ def test_heartbeat_expired(status: models.AgentRunStatus, now: datetime.datetime
 
 def test_progress_sink_stamps_strictly_increasing_times() -> None:
     # Even on a clock that stands still, (type, time) stays unique within a run.
-    sink = runner.ProgressSink(lambda: T0)
+    sink = progress_sink.ProgressSink(lambda: T0)
     for _ in range(3):
         sink.emit("tool_call", {"tool": "lookup"})
     times = [event.time for event in sink.pending]

@@ -77,6 +77,38 @@ LAYER_RULES: list[dict[str, str]] = [
 ]
 
 
+MUTABLE_SPEC_FIELDS = ("cancel",)
+
+
+def spec_rules() -> list[dict[str, str]]:
+    """The spec is immutable after creation; ``cancel`` may only go from false to true."""
+    rules = []
+    for name, field in models.AgentRunSpec.model_fields.items():
+        wire = field.alias or name
+        if wire in MUTABLE_SPEC_FIELDS:
+            continue
+        unchanged = f"has(self.{wire}) == has(oldSelf.{wire}) && (!has(self.{wire}) || self.{wire} == oldSelf.{wire})"
+        rules.append(
+            {
+                "rule": unchanged,
+                "message": f"spec.{wire} cannot change after the run is created (only spec.cancel can be set to true)",
+            }
+        )
+    rules.append(
+        {
+            "rule": "!has(oldSelf.cancel) || !oldSelf.cancel || (has(self.cancel) && self.cancel)",
+            "message": "spec.cancel cannot go back to false once it is true",
+        }
+    )
+    rules.append(
+        {
+            "rule": "!has(self.sessionSnapshot) || !has(self.sessionSnapshotRef)",
+            "message": "set at most one of spec.sessionSnapshot and spec.sessionSnapshotRef",
+        }
+    )
+    return rules
+
+
 class SchemaError(ValueError):
     """The models produced a schema that cannot be expressed structurally."""
 
@@ -145,6 +177,7 @@ def openapi_schema() -> dict[str, Any]:
     status = _structural(raw["properties"]["status"], defs, keep_defaults=False)
     layer_items = spec["properties"]["composition"]["properties"]["layers"]["items"]
     layer_items.setdefault(schema_hints.VALIDATIONS, []).extend(LAYER_RULES)
+    spec.setdefault(schema_hints.VALIDATIONS, []).extend(spec_rules())
     return {
         "type": "object",
         "description": (models.AgentRun.__doc__ or "").strip(),

@@ -29,6 +29,8 @@ FINALIZER = f"{GROUP}/finalizer"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "agentrun-operator"
 RUN_LABEL = f"{GROUP}/run"
+RUN_UID_LABEL = f"{GROUP}/run-uid"
+ATTEMPT_LABEL = f"{GROUP}/attempt"
 
 # Layer names with a fixed role in every composition.
 MODEL_LAYER = "llm"
@@ -151,6 +153,13 @@ class SessionSnapshot(ApiModel):
     )
 
 
+class SessionSnapshotRef(ApiModel):
+    """A session snapshot stored in a Secret, as a run leaves it when it is too large for the status."""
+
+    name: str = pydantic.Field(description="Name of the Secret in the run's namespace.", min_length=1, max_length=253)
+    key: str = pydantic.Field(description="Key holding the snapshot as JSON.", min_length=1, max_length=253)
+
+
 class SessionExit(enum.StrEnum):
     """What the layers do when the run ends."""
 
@@ -182,6 +191,13 @@ class AgentRunSpec(ApiModel):
         None,
         description="Continue a previous run's session: pass that run's `status.sessionSnapshot`.",
     )
+    session_snapshot_ref: SessionSnapshotRef | None = pydantic.Field(
+        None,
+        description=(
+            "Continue a previous run's session stored in a Secret: pass that run's "
+            "`status.sessionSnapshotRef` (`name` and `key`). Exclusive with `sessionSnapshot`."
+        ),
+    )
     session_exit: SessionExit = pydantic.Field(
         SessionExit.SUSPEND,
         description=(
@@ -198,7 +214,18 @@ class AgentRunSpec(ApiModel):
         None,
         ge=1,
         le=7 * 24 * 3600,
-        description="Wall-clock deadline from admission; the run fails with `DeadlineExceeded` past it.",
+        description=(
+            "Wall-clock deadline from admission; the run fails with `DeadlineExceeded` past it. "
+            "Without it the operator's default deadline applies."
+        ),
+    )
+    cancel: bool = pydantic.Field(
+        False,
+        description=(
+            "Set to true to cancel the run: a waiting run never starts, a running one is stopped, "
+            "a finished one is unchanged. The only field that may change after creation, and only "
+            "from false to true."
+        ),
     )
 
 
@@ -236,6 +263,7 @@ class Reason(enum.StrEnum):
     OPERATOR_SHUTDOWN = "OperatorShutdown"
     OPERATOR_RESTARTED = "OperatorRestarted"
     POD_FAILED = "PodFailed"
+    RESULT_NOT_STORED = "ResultNotStored"
     INTERNAL_ERROR = "InternalError"
 
 
@@ -248,7 +276,17 @@ class ConditionStatus(enum.StrEnum):
 CONDITION_SUCCEEDED = "Succeeded"
 
 
-class Condition(ApiModel):
+class StatusModel(ApiModel):
+    """Base of the status types: fields this version does not know are ignored on read.
+
+    Another operator version may have written them; the operator's writes patch only
+    the fields it owns, so the API server keeps them.
+    """
+
+    model_config = pydantic.ConfigDict(extra="ignore")
+
+
+class Condition(StatusModel):
     """A metav1.Condition."""
 
     type: str = pydantic.Field(description="Condition type. `Succeeded` summarises the run.")
@@ -261,7 +299,7 @@ class Condition(ApiModel):
     )
 
 
-class Usage(ApiModel):
+class Usage(StatusModel):
     """Model usage accumulated over the run."""
 
     requests: int = pydantic.Field(0, ge=0, description="Model requests made.")
@@ -278,7 +316,7 @@ class EventType(enum.StrEnum):
     TOOL_CALL = "tool_call"
 
 
-class RunEvent(ApiModel):
+class RunEvent(StatusModel):
     """One entry of the run's event stream."""
 
     id: int = pydantic.Field(ge=1, description="Strictly increasing within the run, starting at 1.")
@@ -289,7 +327,7 @@ class RunEvent(ApiModel):
     )
 
 
-class ContentRef(ApiModel):
+class ContentRef(StatusModel):
     """Where a payload too large for the status is stored instead."""
 
     kind: Literal["ConfigMap", "Secret"] = pydantic.Field(description="Kind of the owned object.")
@@ -298,7 +336,7 @@ class ContentRef(ApiModel):
     size_bytes: int = pydantic.Field(ge=0, description="Size of the stored JSON.")
 
 
-class RunnerStatus(ApiModel):
+class RunnerStatus(StatusModel):
     """Which operator instance executes the run, and its liveness."""
 
     mode: RunnerMode = pydantic.Field(description="How the run is executed.")
@@ -308,10 +346,21 @@ class RunnerStatus(ApiModel):
     )
 
 
-class AgentRunStatus(ApiModel):
-    """The observed state of a run. Written only by the operator."""
+class Attempt(StatusModel):
+    """One execution of the run: recorded before it starts, completed when it ends."""
 
-    model_config = pydantic.ConfigDict(extra="ignore")
+    number: int = pydantic.Field(ge=1, description="1 for the first attempt, then 2, 3, ... for retries.")
+    mode: RunnerMode = pydantic.Field(description="Where this attempt executes.")
+    instance: str = pydantic.Field(description="The operator instance that started this attempt.")
+    pod_name: str | None = pydantic.Field(None, description="The runner Pod of a pod-mode attempt.")
+    start_time: Timestamp = pydantic.Field(description="When the attempt was recorded as started.")
+    completion_time: Timestamp | None = pydantic.Field(None, description="When the attempt ended.")
+    reason: str | None = pydantic.Field(None, description="How the attempt ended, as a run reason.")
+    message: str | None = pydantic.Field(None, description="Detail of how the attempt ended.")
+
+
+class AgentRunStatus(StatusModel):
+    """The observed state of a run. Written only by the operator."""
 
     phase: Phase = pydantic.Field(Phase.PENDING, description="Pending, Running, Succeeded, Failed or Cancelled.")
     conditions: list[Condition] = pydantic.Field(
@@ -345,10 +394,48 @@ class AgentRunStatus(ApiModel):
     )
     event_count: int = pydantic.Field(0, ge=0, description="Events emitted in total, including dropped ones.")
     runner: RunnerStatus | None = pydantic.Field(None, description="The executing operator instance.")
+    attempts: list[Attempt] = pydantic.Field(
+        default_factory=list,
+        description="The attempt ledger, oldest first: each attempt is recorded before it starts.",
+        json_schema_extra=schema_hints.map_list("number"),
+    )
     observed_generation: int | None = pydantic.Field(None, description="The `metadata.generation` the status reflects.")
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
+
+    @property
+    def last_attempt(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+    @classmethod
+    def decode(cls, raw: Any) -> tuple[AgentRunStatus, list[str]]:
+        """Read a stored status leniently, as Go controllers do.
+
+        Unknown fields are ignored. A known field whose value this version cannot read
+        is left at its default and named in the returned problems, so one odd field
+        never turns a finished run back into a new one. Callers must not act on a
+        status whose ``phase`` is among the problems.
+        """
+        if not isinstance(raw, dict):
+            return cls(), [] if raw is None else ["status"]
+        try:
+            return cls.model_validate(raw), []
+        except pydantic.ValidationError:
+            pass
+        readable: dict[str, Any] = {}
+        problems: list[str] = []
+        for name, field in cls.model_fields.items():
+            wire = field.alias or name
+            if wire not in raw:
+                continue
+            try:
+                cls.model_validate({wire: raw[wire]})
+            except pydantic.ValidationError:
+                problems.append(wire)
+            else:
+                readable[wire] = raw[wire]
+        return cls.model_validate(readable), problems
 
 
 class AgentRun(ApiModel):

@@ -1,4 +1,9 @@
-"""One authenticated client to the API server, in-cluster or from a kubeconfig."""
+"""One client configuration for everything that talks to the API server.
+
+The watch (kopf) and the operator's own reads and writes authenticate from the same
+source, the Pod's ServiceAccount in a cluster, else ``$KUBECONFIG`` or
+``~/.kube/config``, and use the same request timeout.
+"""
 
 from __future__ import annotations
 
@@ -12,23 +17,58 @@ from kubernetes_asyncio.config import kube_config
 CONNECTION_POOL_SIZE = 64
 
 
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """How to reach and authenticate to the API server (for the watch's own client)."""
+
+    server: str
+    ca_path: str | None
+    token: str | None
+    certificate_path: str | None
+    private_key_path: str | None
+    insecure: bool
+
+
 @dataclasses.dataclass
 class Connection:
     api: client.ApiClient
+    request_timeout: float
 
     async def close(self) -> None:
         await self.api.close()
 
 
-async def connect() -> Connection:
-    """Use the Pod's ServiceAccount in a cluster, else ``$KUBECONFIG`` or ``~/.kube/config``."""
+async def load_configuration() -> client.Configuration:
+    """The client configuration, read afresh (a projected ServiceAccount token rotates)."""
     configuration = client.Configuration()
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config(client_configuration=configuration)
     else:
         await config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+async def connect(request_timeout: float) -> Connection:
+    """A client for the operator's reads and writes."""
+    configuration = await load_configuration()
     configuration.connection_pool_maxsize = CONNECTION_POOL_SIZE
-    return Connection(client.ApiClient(configuration))
+    return Connection(client.ApiClient(configuration), request_timeout)
+
+
+async def credentials() -> Credentials:
+    """The same credentials as :func:`connect`, for a client that is not kubernetes-asyncio's."""
+    configuration = await load_configuration()
+    token = configuration.api_key.get("authorization") or configuration.api_key.get("BearerToken")
+    if token and token.lower().startswith("bearer "):
+        token = token[len("bearer ") :]
+    return Credentials(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        token=token or None,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        insecure=not configuration.verify_ssl,
+    )
 
 
 def current_namespace() -> str:

@@ -1,4 +1,4 @@
-"""Map API-server and transport errors onto the store's error classes."""
+"""Map API-server and transport errors onto the API port's error classes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import aiohttp
 from kubernetes_asyncio.client import exceptions
 
-from agentrun.runtime import store
+from agentrun.runtime import ports
 
 
 def _api_message(error: exceptions.ApiException) -> str:
@@ -28,16 +28,16 @@ def translated(action: str) -> Iterator[None]:
         message = f"{action}: {_api_message(error)}"
         match error.status:
             case 409:
-                raise store.Conflict(message) from error
+                raise ports.Conflict(message) from error
             case 404:
-                raise store.NotFound(message) from error
+                raise ports.NotFound(message) from error
             case 410:
-                raise store.Gone(message) from error
+                raise ports.Gone(message) from error
             case 401 | 403:
-                raise store.Forbidden(message) from error
+                raise ports.Forbidden(message) from error
             case 422 | 400:
-                raise store.Rejected(message) from error
+                raise ports.Rejected(message) from error
             case _:
-                raise store.Unavailable(message) from error
+                raise ports.Unavailable(message) from error
     except (TimeoutError, aiohttp.ClientError, OSError) as error:
-        raise store.Unavailable(f"{action}: {type(error).__name__}: {error}") from error
+        raise ports.Unavailable(f"{action}: {type(error).__name__}: {error}") from error

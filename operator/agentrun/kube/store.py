@@ -1,4 +1,11 @@
-"""The RunStore of the runtime, implemented on kubernetes-asyncio."""
+"""The runtime's API port, implemented on kubernetes-asyncio.
+
+Every request carries the operator's request timeout. Status writes are merge
+patches of the fields the operator owns, guarded by resourceVersion, so fields
+written by another operator version are kept. Offloaded payloads live in Secrets
+whose names carry the run's uid and which the run owns; a Secret the run does not
+own is never written.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ from kubernetes_asyncio import client, watch
 
 from agentrun.api import models
 from agentrun.kube import errors
-from agentrun.runtime import store
+from agentrun.runtime import ports
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +38,7 @@ def status_patch(status: models.AgentRunStatus, resource_version: str) -> dict[s
     }
 
 
-def owner_reference(run: store.RunObject) -> dict[str, Any]:
+def owner_reference(run: ports.RunObject) -> dict[str, Any]:
     return {
         "apiVersion": models.API_VERSION,
         "kind": models.KIND,
@@ -42,30 +49,48 @@ def owner_reference(run: store.RunObject) -> dict[str, Any]:
     }
 
 
-def child_labels(run: store.RunObject) -> dict[str, str]:
-    return {models.MANAGED_BY_LABEL: models.MANAGED_BY_VALUE, models.RUN_LABEL: run.ref.name}
+def child_labels(run: ports.RunObject) -> dict[str, str]:
+    return {
+        models.MANAGED_BY_LABEL: models.MANAGED_BY_VALUE,
+        models.RUN_LABEL: run.ref.name,
+        models.RUN_UID_LABEL: run.ref.uid,
+    }
+
+
+def payload_secret_name(run: ports.RunObject, purpose: str) -> str:
+    """The Secret that holds one offloaded payload of one run: unique per run uid and purpose."""
+    suffix = f"-{purpose}-{run.ref.uid[:8]}"
+    return run.ref.name[: 253 - len(suffix)] + suffix
+
+
+def owned_by(metadata: Any, run: ports.RunObject) -> bool:
+    references = getattr(metadata, "owner_references", None) or []
+    return any(getattr(reference, "uid", None) == run.ref.uid for reference in references)
 
 
 class KubeRunStore:
     """Reads and guarded writes of AgentRuns, their Secrets and Events."""
 
-    def __init__(self, api: client.ApiClient, *, namespaces: Sequence[str], instance: str) -> None:
+    def __init__(
+        self, api: client.ApiClient, *, namespaces: Sequence[str], instance: str, request_timeout: float
+    ) -> None:
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
         self._namespaces = list(namespaces)
         self._instance = instance
+        self._timeout = request_timeout
 
-    async def get(self, ref: store.RunRef) -> store.RunObject:
+    async def get(self, ref: ports.RunRef) -> ports.RunObject:
         with errors.translated(f"read AgentRun {ref}"):
             body = await self._custom.get_namespaced_custom_object(
-                models.GROUP, models.VERSION, ref.namespace, models.PLURAL, ref.name
+                models.GROUP, models.VERSION, ref.namespace, models.PLURAL, ref.name, _request_timeout=self._timeout
             )
-        return store.RunObject.from_body(body)
+        return ports.RunObject.from_body(body)
 
     async def _pages(self, namespace: str | None) -> AsyncIterator[dict[str, Any]]:
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"limit": LIST_PAGE}
+            kwargs: dict[str, Any] = {"limit": LIST_PAGE, "_request_timeout": self._timeout}
             if token:
                 kwargs["_continue"] = token
             with errors.translated("list AgentRuns"):
@@ -83,17 +108,17 @@ class KubeRunStore:
             if not token:
                 return
 
-    async def list_running(self) -> list[store.RunObject]:
-        running: list[store.RunObject] = []
+    async def list_running(self) -> list[ports.RunObject]:
+        running: list[ports.RunObject] = []
         scopes: list[str | None] = [*self._namespaces] or [None]
         for namespace in scopes:
             async for item in self._pages(namespace):
                 # Cheap pre-filter: most runs are finished and need no parsing at all.
                 if (item.get("status") or {}).get("phase") == models.Phase.RUNNING.value:
-                    running.append(store.RunObject.from_body(item))
+                    running.append(ports.RunObject.from_body(item))
         return running
 
-    async def write_status(self, run: store.RunObject, status: models.AgentRunStatus) -> store.RunObject:
+    async def write_status(self, run: ports.RunObject, status: models.AgentRunStatus) -> ports.RunObject:
         with errors.translated(f"write status of AgentRun {run.ref}"):
             body = await self._custom.patch_namespaced_custom_object_status(
                 models.GROUP,
@@ -103,10 +128,11 @@ class KubeRunStore:
                 run.ref.name,
                 status_patch(status, run.resource_version),
                 _content_type=MERGE_PATCH,
+                _request_timeout=self._timeout,
             )
-        return store.RunObject.from_body(body)
+        return ports.RunObject.from_body(body)
 
-    async def set_finalizer(self, run: store.RunObject, present: bool) -> store.RunObject | None:
+    async def set_finalizer(self, run: ports.RunObject, present: bool) -> ports.RunObject | None:
         others = [f for f in run.finalizers if f != models.FINALIZER]
         finalizers = [*others, models.FINALIZER] if present else others
         patch = {"metadata": {"resourceVersion": run.resource_version, "finalizers": finalizers}}
@@ -120,13 +146,14 @@ class KubeRunStore:
                     run.ref.name,
                     patch,
                     _content_type=MERGE_PATCH,
+                    _request_timeout=self._timeout,
                 )
-        except store.NotFound:
+        except ports.NotFound:
             return None
-        return store.RunObject.from_body(body)
+        return ports.RunObject.from_body(body)
 
-    async def store_payload(self, run: store.RunObject, purpose: str, payload: str) -> models.ContentRef:
-        name = f"{run.ref.name}-{purpose}"[:253]
+    async def store_payload(self, run: ports.RunObject, purpose: str, payload: str) -> models.ContentRef:
+        name = payload_secret_name(run, purpose)
         key = f"{purpose}.json"
         data = {key: base64.b64encode(payload.encode()).decode()}
         secret = {
@@ -144,27 +171,36 @@ class KubeRunStore:
         action = f"store {purpose} of AgentRun {run.ref} in Secret {name}"
         try:
             with errors.translated(action):
-                await self._core.create_namespaced_secret(run.ref.namespace, secret)
-        except store.Conflict:
-            # A previous attempt of this run already created it: same name, new content.
+                await self._core.create_namespaced_secret(run.ref.namespace, secret, _request_timeout=self._timeout)
+        except ports.Conflict:
+            # It exists: an earlier try of this attempt created it (its reply lost), or someone else did.
+            with errors.translated(action):
+                existing = await self._core.read_namespaced_secret(
+                    name, run.ref.namespace, _request_timeout=self._timeout
+                )
+            if not owned_by(existing.metadata, run):
+                raise ports.NotOwned(
+                    f"{action}: a Secret of that name exists and is not owned by this run; it is left untouched"
+                ) from None
+            patch = {"metadata": {"resourceVersion": existing.metadata.resource_version}, "data": data}
             with errors.translated(action):
                 await self._core.patch_namespaced_secret(
-                    name, run.ref.namespace, {"data": data}, _content_type=MERGE_PATCH
+                    name, run.ref.namespace, patch, _content_type=MERGE_PATCH, _request_timeout=self._timeout
                 )
         return models.ContentRef(kind="Secret", name=name, key=key, size_bytes=len(payload.encode()))
 
     async def read_secret(self, namespace: str, name: str, key: str) -> str:
         with errors.translated(f"read Secret {namespace}/{name}"):
-            secret = await self._core.read_namespaced_secret(name, namespace)
+            secret = await self._core.read_namespaced_secret(name, namespace, _request_timeout=self._timeout)
         value = (secret.data or {}).get(key)
         if value is None:
-            raise store.NotFound(f"Secret {namespace}/{name} has no key {key!r}")
+            raise ports.NotFound(f"Secret {namespace}/{name} has no key {key!r}")
         return base64.b64decode(value).decode()
 
-    async def record_event(
+    async def post_kube_event(
         self,
-        run: store.RunObject,
-        severity: store.EventSeverity,
+        run: ports.RunObject,
+        event_type: ports.KubeEventType,
         reason: str,
         message: str,
         now: datetime.datetime,
@@ -182,7 +218,7 @@ class KubeRunStore:
             },
             "reason": reason,
             "message": message[:1024],
-            "type": severity.value,
+            "type": event_type.value,
             "firstTimestamp": now.isoformat(),
             "lastTimestamp": now.isoformat(),
             "count": 1,
@@ -192,13 +228,15 @@ class KubeRunStore:
         }
         try:
             with errors.translated(f"post Event {reason} for AgentRun {run.ref}"):
-                await self._core.create_namespaced_event(run.ref.namespace, event)
-        except store.StoreError as error:
+                await self._core.create_namespaced_event(run.ref.namespace, event, _request_timeout=self._timeout)
+        except ports.ApiError as error:
             # Events are a courtesy to people running `kubectl describe`; the status is the record.
             logger.warning("%s", error)
 
 
-async def watch_run(api: client.ApiClient, namespace: str, name: str) -> AsyncIterator[dict[str, Any]]:
+async def watch_run(
+    api: client.ApiClient, namespace: str, name: str, *, request_timeout: float = 30.0
+) -> AsyncIterator[dict[str, Any]]:
     """The run as it is now, then each new version of it, until it is deleted.
 
     The watch is renewed every minute; if its resourceVersion expires (410), the run
@@ -210,7 +248,7 @@ async def watch_run(api: client.ApiClient, namespace: str, name: str) -> AsyncIt
         if resource_version is None:
             with errors.translated(f"read AgentRun {namespace}/{name}"):
                 body = await custom.get_namespaced_custom_object(
-                    models.GROUP, models.VERSION, namespace, models.PLURAL, name
+                    models.GROUP, models.VERSION, namespace, models.PLURAL, name, _request_timeout=request_timeout
                 )
             resource_version = body["metadata"]["resourceVersion"]
             yield body
@@ -233,5 +271,5 @@ async def watch_run(api: client.ApiClient, namespace: str, name: str) -> AsyncIt
                         if event["type"] in ("ADDED", "MODIFIED"):
                             resource_version = event["object"]["metadata"]["resourceVersion"]
                             yield event["object"]
-        except store.Gone:
+        except ports.Gone:
             resource_version = None

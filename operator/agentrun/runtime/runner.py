@@ -1,96 +1,78 @@
-"""Runners execute one admitted run and return what it produced.
+"""Runners execute one attempt of a run and return what the composition produced.
 
-The scheduler does not care where the agent executes: ``TaskRunner`` runs it in
-this process as an asyncio task; a pod runner can plug in behind the same
+The reconciler does not care where the agent executes: ``TaskRunner`` runs it in
+this process as an asyncio task; a pod runner plugs in behind the same
 :class:`Runner` protocol.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import datetime
-from collections.abc import Callable
-from typing import Any, Protocol
+import functools
+import json
+from typing import Protocol
+
+import pydantic
 
 from agentrun.api import models
 from agentrun.layers import base, compositor, errors, registry
-from agentrun.runtime import store, transitions
-
-Clock = Callable[[], datetime.datetime]
-
-
-class ProgressSink:
-    """Collects a run's progress events until the next status write takes them."""
-
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
-        self.pending: list[transitions.PendingEvent] = []
-        self.arrived = asyncio.Event()
-        self._last: datetime.datetime | None = None
-
-    def emit(self, event_type: str, data: dict[str, Any]) -> None:
-        # Strictly increasing times make (type, time) identify an event, so a retried write
-        # never records the same event twice (see transitions.with_events).
-        now = self._clock()
-        if self._last is not None and now <= self._last:
-            now = self._last + datetime.timedelta(microseconds=1)
-        self._last = now
-        self.pending.append(transitions.PendingEvent(event_type, now, data or None))
-        self.arrived.set()
-
-    def taken(self, count: int) -> None:
-        """The first ``count`` pending events were written."""
-        del self.pending[:count]
-        if not self.pending:
-            self.arrived.clear()
-
-
-@dataclasses.dataclass(frozen=True)
-class RunOutcome:
-    output: Any
-    usage: models.Usage
-    session_snapshot: models.SessionSnapshot
+from agentrun.runtime import ports, progress
 
 
 class Runner(Protocol):
-    async def execute(self, run: store.RunObject, progress: ProgressSink) -> RunOutcome:
+    async def execute(self, run: ports.RunObject, sink: progress.ProgressSink) -> compositor.CompositionResult:
         """Run the agent to its end; raise ``RunFailure`` for a classified failure."""
 
 
 class TaskRunner:
     """Runs the composition inside the operator process."""
 
-    def __init__(self, layer_registry: registry.LayerRegistry, run_store: store.RunStore) -> None:
+    def __init__(self, layer_registry: registry.LayerRegistry, api: ports.RunApi) -> None:
         self._registry = layer_registry
-        self._store = run_store
+        self._api = api
 
-    async def execute(self, run: store.RunObject, progress: ProgressSink) -> RunOutcome:
-        if run.spec is None:
+    async def execute(self, run: ports.RunObject, sink: progress.ProgressSink) -> compositor.CompositionResult:
+        spec = run.spec
+        if spec is None:
             raise errors.InvalidRequest(run.spec_error or "spec is missing")
-        if run.spec.runner.mode is not models.RunnerMode.TASK:
+        if spec.runner.mode is not models.RunnerMode.TASK:
             raise errors.InvalidRequest(
-                f"runner mode '{run.spec.runner.mode.value}' is not available in this operator; use mode 'task'"
+                f"runner mode '{spec.runner.mode.value}' is not available in this operator; use mode 'task'"
             )
-        context = base.RunContext(namespace=run.ref.namespace, read_secret=self._secret_reader(run.ref.namespace))
-        result = await compositor.run(run.spec, self._registry, context, progress.emit)
-        return RunOutcome(output=result.output, usage=result.usage, session_snapshot=result.session_snapshot)
+        read_secret = self._secret_reader(run.ref.namespace)
+        if spec.session_snapshot_ref is not None:
+            snapshot = await load_snapshot(read_secret, spec.session_snapshot_ref)
+            spec = spec.model_copy(update={"session_snapshot": snapshot})
+        context = base.RunContext(namespace=run.ref.namespace, read_secret=read_secret)
+        return await compositor.run(spec, self._registry, context, sink.emit)
 
     def _secret_reader(self, namespace: str) -> base.SecretReader:
-        async def read(name: str, key: str) -> str:
-            try:
-                return await self._store.read_secret(namespace, name, key)
-            except store.NotFound:
-                raise errors.CredentialsUnavailable(
-                    f"Secret '{name}' with key '{key}' was not found in namespace '{namespace}'"
-                ) from None
-            except store.Forbidden:
-                raise errors.CredentialsUnavailable(
-                    f"the operator is not allowed to read Secret '{name}' in namespace '{namespace}'"
-                ) from None
-            except store.StoreError:
-                raise errors.CredentialsUnavailable(
-                    f"Secret '{name}' in namespace '{namespace}' could not be read: the API server is unavailable"
-                ) from None
+        return functools.partial(read_run_secret, self._api, namespace)
 
-        return read
+
+async def read_run_secret(api: ports.RunApi, namespace: str, name: str, key: str) -> str:
+    """One key of a Secret the run references, with failures classified for the run's status."""
+    try:
+        return await api.read_secret(namespace, name, key)
+    except ports.NotFound:
+        raise errors.CredentialsUnavailable(
+            f"Secret '{name}' with key '{key}' was not found in namespace '{namespace}'"
+        ) from None
+    except ports.Forbidden:
+        raise errors.CredentialsUnavailable(
+            f"the operator is not allowed to read Secret '{name}' in namespace '{namespace}'"
+        ) from None
+    except ports.ApiError:
+        raise errors.CredentialsUnavailable(
+            f"Secret '{name}' in namespace '{namespace}' could not be read: the API server is unavailable"
+        ) from None
+
+
+async def load_snapshot(read_secret: base.SecretReader, ref: models.SessionSnapshotRef) -> models.SessionSnapshot:
+    """The session snapshot an earlier run offloaded to a Secret."""
+    text = await read_secret(ref.name, ref.key)
+    try:
+        return models.SessionSnapshot.model_validate(json.loads(text))
+    except (ValueError, pydantic.ValidationError):
+        raise errors.InvalidRequest(
+            f"sessionSnapshotRef: key '{ref.key}' of Secret '{ref.name}' does not hold a session snapshot"
+        ) from None

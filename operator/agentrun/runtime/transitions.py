@@ -153,8 +153,14 @@ def admitted(
     now: datetime.datetime,
     ring_size: int,
 ) -> models.AgentRunStatus:
-    """The operator took the run: ``Running``, ``run_started``, owner and heartbeat."""
+    """The operator took the run: ``Running``, ``run_started``, owner, heartbeat and attempt 1.
+
+    The attempt is recorded in the same write as the transition, before anything executes.
+    """
     _guard(status)
+    attempt = models.Attempt(
+        number=len(status.attempts) + 1, mode=runner.mode, instance=runner.instance, start_time=now
+    )
     started = status.model_copy(
         update={
             "phase": Phase.RUNNING,
@@ -162,6 +168,7 @@ def admitted(
             "message": "",
             "start_time": now,
             "runner": runner.model_copy(update={"heartbeat_time": now}),
+            "attempts": [*status.attempts, attempt],
             "conditions": _succeeded_condition(
                 status, models.ConditionStatus.UNKNOWN, Reason.RUNNING.value, "", generation=generation, now=now
             ),
@@ -169,6 +176,16 @@ def admitted(
         }
     )
     return with_events(started, [PendingEvent(models.EventType.RUN_STARTED.value, now)], ring_size=ring_size)
+
+
+def started_by(status: models.AgentRunStatus, *, instance: str, attempt: int) -> bool:
+    """Whether ``status`` records ``attempt`` as started by ``instance``.
+
+    A write whose reply was lost is recognised this way on re-read: it is this
+    instance's own work, not another instance's.
+    """
+    last = status.last_attempt
+    return last is not None and last.number == attempt and last.instance == instance
 
 
 def progressed(
@@ -198,8 +215,14 @@ def ended(
     """The terminal status: pending progress, then the terminal event, in one write."""
     _guard(status)
     value = models.ConditionStatus.TRUE if ending.phase is Phase.SUCCEEDED else models.ConditionStatus.FALSE
+    attempts = list(status.attempts)
+    if attempts and attempts[-1].completion_time is None:
+        attempts[-1] = attempts[-1].model_copy(
+            update={"completion_time": now, "reason": ending.reason.value, "message": ending.message or None}
+        )
     final = status.model_copy(
         update={
+            "attempts": attempts,
             "phase": ending.phase,
             "reason": ending.reason.value,
             "message": ending.message,

@@ -8,7 +8,7 @@ import fakes
 import pytest
 
 from agentrun.api import models
-from agentrun.runtime import metrics, recorder, store
+from agentrun.runtime import metrics, ports, writer
 
 
 @pytest.fixture
@@ -17,14 +17,14 @@ def run_metrics() -> metrics.Metrics:
 
 
 @pytest.fixture
-def guarded(run_store: fakes.FakeRunStore, run_metrics: metrics.Metrics) -> recorder.Recorder:
-    return recorder.Recorder(run_store, run_metrics)
+def guarded(run_store: fakes.FakeRunStore, run_metrics: metrics.Metrics) -> writer.Writer:
+    return writer.Writer(run_store, run_metrics)
 
 
-def with_message(message: str) -> recorder.StatusChange:
+def with_message(message: str) -> writer.StatusChange:
     """A change that appends to the stored message, so recomputation is visible."""
 
-    def change(current: store.RunObject) -> models.AgentRunStatus | None:
+    def change(current: ports.RunObject) -> models.AgentRunStatus | None:
         return current.status.model_copy(update={"message": (current.status.message or "") + message})
 
     return change
@@ -34,7 +34,7 @@ def failures(run_metrics: metrics.Metrics, cause: str) -> float | None:
     return run_metrics.registry.get_sample_value("agentrun_status_write_failures_total", {"cause": cause})
 
 
-async def test_write_is_applied_once(run_store: fakes.FakeRunStore, guarded: recorder.Recorder) -> None:
+async def test_write_is_applied_once(run_store: fakes.FakeRunStore, guarded: writer.Writer) -> None:
     run = run_store.add("a")
     written = await guarded.write_status(run, with_message("x"), what="test")
     assert written is not None
@@ -45,13 +45,13 @@ async def test_write_is_applied_once(run_store: fakes.FakeRunStore, guarded: rec
 
 
 async def test_conflict_recomputes_the_change_from_the_stored_object(
-    run_store: fakes.FakeRunStore, guarded: recorder.Recorder
+    run_store: fakes.FakeRunStore, guarded: writer.Writer
 ) -> None:
     stale = run_store.add("a")
     run_store.set_status("a", models.AgentRunStatus(message="theirs;"))
     seen: list[str | None] = []
 
-    def change(current: store.RunObject) -> models.AgentRunStatus:
+    def change(current: ports.RunObject) -> models.AgentRunStatus:
         seen.append(current.status.message)
         return current.status.model_copy(update={"message": f"{current.status.message or ''}ours"})
 
@@ -64,7 +64,7 @@ async def test_conflict_recomputes_the_change_from_the_stored_object(
     assert len(run_store.writes) == 1
 
 
-async def test_declined_change_writes_nothing(run_store: fakes.FakeRunStore, guarded: recorder.Recorder) -> None:
+async def test_declined_change_writes_nothing(run_store: fakes.FakeRunStore, guarded: writer.Writer) -> None:
     run = run_store.add("a")
     written = await guarded.write_status(run, lambda current: None, what="test")
     assert written is not None
@@ -74,13 +74,13 @@ async def test_declined_change_writes_nothing(run_store: fakes.FakeRunStore, gua
 
 
 async def test_decline_after_a_conflict_reports_unchanged(
-    run_store: fakes.FakeRunStore, guarded: recorder.Recorder
+    run_store: fakes.FakeRunStore, guarded: writer.Writer
 ) -> None:
     """The first terminal state wins: a change that sees it on the re-read declines."""
     stale = run_store.add("a")
     run_store.set_status("a", models.AgentRunStatus(phase=models.Phase.SUCCEEDED, reason="Succeeded"))
 
-    def end(current: store.RunObject) -> models.AgentRunStatus | None:
+    def end(current: ports.RunObject) -> models.AgentRunStatus | None:
         if current.status.phase.terminal:
             return None
         return current.status.model_copy(update={"phase": models.Phase.FAILED})
@@ -93,7 +93,7 @@ async def test_decline_after_a_conflict_reports_unchanged(
     assert run_store.writes == []
 
 
-async def test_missing_object_gives_none(run_store: fakes.FakeRunStore, guarded: recorder.Recorder) -> None:
+async def test_missing_object_gives_none(run_store: fakes.FakeRunStore, guarded: writer.Writer) -> None:
     run = run_store.add("a")
     run_store.delete("a")
     assert await guarded.write_status(run, with_message("x"), what="test") is None
@@ -104,15 +104,15 @@ async def test_missing_object_gives_none(run_store: fakes.FakeRunStore, guarded:
 @pytest.mark.parametrize(
     "error",
     [
-        pytest.param(store.Unavailable, id="unavailable"),
-        pytest.param(store.Forbidden, id="forbidden"),
+        pytest.param(ports.Unavailable, id="unavailable"),
+        pytest.param(ports.Forbidden, id="forbidden"),
     ],
 )
 async def test_failed_writes_are_retried_and_counted(
     run_store: fakes.FakeRunStore,
-    guarded: recorder.Recorder,
+    guarded: writer.Writer,
     run_metrics: metrics.Metrics,
-    error: type[store.StoreError],
+    error: type[ports.ApiError],
 ) -> None:
     run = run_store.add("a")
     run_store.fail_next_writes(2, error)
@@ -127,10 +127,10 @@ async def test_failed_writes_are_retried_and_counted(
 
 
 async def test_rejected_write_is_not_retried(
-    run_store: fakes.FakeRunStore, guarded: recorder.Recorder, run_metrics: metrics.Metrics
+    run_store: fakes.FakeRunStore, guarded: writer.Writer, run_metrics: metrics.Metrics
 ) -> None:
     run = run_store.add("a")
-    run_store.fail_next_writes(1, store.Rejected)
+    run_store.fail_next_writes(1, ports.Rejected)
 
     assert await guarded.write_status(run, with_message("x"), what="test") is None
     assert run_store.writes == []
@@ -138,10 +138,10 @@ async def test_rejected_write_is_not_retried(
 
 
 async def test_rejected_write_falls_back_to_the_smaller_status(
-    run_store: fakes.FakeRunStore, guarded: recorder.Recorder
+    run_store: fakes.FakeRunStore, guarded: writer.Writer
 ) -> None:
     run = run_store.add("a")
-    run_store.fail_next_writes(1, store.Rejected)
+    run_store.fail_next_writes(1, ports.Rejected)
 
     written = await guarded.write_status(run, with_message("x"), what="test", fallback=with_message("fallback"))
 
@@ -152,7 +152,7 @@ async def test_rejected_write_falls_back_to_the_smaller_status(
 
 
 async def test_retries_stop_at_the_deadline(
-    run_store: fakes.FakeRunStore, guarded: recorder.Recorder, run_metrics: metrics.Metrics
+    run_store: fakes.FakeRunStore, guarded: writer.Writer, run_metrics: metrics.Metrics
 ) -> None:
     run = run_store.add("a")
     run_store.fail_next_writes(1000)
@@ -168,9 +168,7 @@ async def test_retries_stop_at_the_deadline(
     assert failures(run_metrics, "Unavailable") == attempts
 
 
-async def test_finalizer_is_added_once_and_removed_once(
-    run_store: fakes.FakeRunStore, guarded: recorder.Recorder
-) -> None:
+async def test_finalizer_is_added_once_and_removed_once(run_store: fakes.FakeRunStore, guarded: writer.Writer) -> None:
     run = run_store.add("a")
     held = await guarded.set_finalizer(run, True)
     assert held is not None
@@ -184,7 +182,7 @@ async def test_finalizer_is_added_once_and_removed_once(
     assert run_store.writes_of("a") == [("finalizer", "add"), ("finalizer", "remove")]
 
 
-async def test_finalizers_of_others_are_kept(run_store: fakes.FakeRunStore, guarded: recorder.Recorder) -> None:
+async def test_finalizers_of_others_are_kept(run_store: fakes.FakeRunStore, guarded: writer.Writer) -> None:
     run = run_store.add("a", finalizers=("example.com/keep",))
     held = await guarded.set_finalizer(run, True)
     assert held is not None
@@ -203,7 +201,7 @@ async def test_finalizers_of_others_are_kept(run_store: fakes.FakeRunStore, guar
     ],
 )
 async def test_finalizer_is_never_added_to_a_run_going_away(
-    run_store: fakes.FakeRunStore, guarded: recorder.Recorder, status: models.AgentRunStatus, deleting: bool
+    run_store: fakes.FakeRunStore, guarded: writer.Writer, status: models.AgentRunStatus, deleting: bool
 ) -> None:
     run_store.add("a", status=status, finalizers=("example.com/keep",))
     if deleting:
@@ -215,7 +213,7 @@ async def test_finalizer_is_never_added_to_a_run_going_away(
 
 
 async def test_removing_the_last_finalizer_of_a_deleting_run_lets_it_go(
-    run_store: fakes.FakeRunStore, guarded: recorder.Recorder
+    run_store: fakes.FakeRunStore, guarded: writer.Writer
 ) -> None:
     run_store.add("a", finalizers=(models.FINALIZER,))
     run_store.delete("a")
@@ -229,7 +227,7 @@ async def test_removing_the_last_finalizer_of_a_deleting_run_lets_it_go(
 
 
 async def test_backoff_gives_up_when_the_deadline_has_passed() -> None:
-    backoff = recorder.Backoff(initial=10)
+    backoff = writer.Backoff(initial=10)
     started = time.monotonic()
     assert await backoff.sleep(started - 1) is False
     assert await backoff.sleep(started + 0.05) is False  # the delay is cut to the deadline

@@ -1,6 +1,6 @@
-"""The scheduler and a run's lifecycle against the in-memory store.
+"""The reconciler driving runs end to end against the in-memory API.
 
-The fake store delivers every change to the scheduler as the kopf watch would, so
+The fake store delivers every change to the reconciler as the kopf watch would, so
 each test also proves that observing a run again changes nothing more.
 """
 
@@ -15,15 +15,15 @@ import pytest
 
 from agentrun.api import models
 from agentrun.layers import errors
-from agentrun.runtime import lifecycle, runner, scheduler, transitions
+from agentrun.runtime import decisions, ending, ports, reconciler, runner, transitions
 
 HAPPY_WRITES = [("finalizer", "add"), ("status", "Running"), ("status", "Succeeded"), ("finalizer", "remove")]
 # Heartbeats long enough that none falls inside a test which counts writes.
 QUIET = {"heartbeat_interval_seconds": 5, "heartbeat_timeout_seconds": 11}
 
 
-async def started(make_scheduler: fakes.MakeScheduler, **settings: object) -> scheduler.Scheduler:
-    sched = make_scheduler(**settings)
+async def started(make_reconciler: fakes.MakeReconciler, **settings: object) -> reconciler.Reconciler:
+    sched = make_reconciler(**settings)
     assert await sched.recover() == 0
     assert sched.ready
     return sched
@@ -34,14 +34,14 @@ def phase_of(run_store: fakes.FakeRunStore, name: str) -> models.Phase:
 
 
 async def running_gated(
-    make_scheduler: fakes.MakeScheduler,
+    make_reconciler: fakes.MakeReconciler,
     run_store: fakes.FakeRunStore,
     scripted_runner: fakes.ScriptedRunner,
     name: str,
     **settings: object,
-) -> tuple[scheduler.Scheduler, asyncio.Event]:
+) -> tuple[reconciler.Reconciler, asyncio.Event]:
     """A started scheduler with run ``name`` Running until the returned gate is set."""
-    sched = await started(make_scheduler, **settings)
+    sched = await started(make_reconciler, **settings)
     gate = scripted_runner.gate(name)
     run_store.add(name)
     await fakes.eventually(lambda: phase_of(run_store, name) is models.Phase.RUNNING, what=f"{name} to run")
@@ -49,14 +49,14 @@ async def running_gated(
 
 
 async def busy_and_queued(
-    make_scheduler: fakes.MakeScheduler,
+    make_reconciler: fakes.MakeReconciler,
     run_store: fakes.FakeRunStore,
     scripted_runner: fakes.ScriptedRunner,
     busy: str,
     queued: str,
-) -> tuple[scheduler.Scheduler, asyncio.Event]:
+) -> tuple[reconciler.Reconciler, asyncio.Event]:
     """A scheduler with one slot: ``busy`` holds it until the returned gate is set, ``queued`` waits."""
-    sched, gate = await running_gated(make_scheduler, run_store, scripted_runner, busy, max_concurrent_runs=1, **QUIET)
+    sched, gate = await running_gated(make_reconciler, run_store, scripted_runner, busy, max_concurrent_runs=1, **QUIET)
     run_store.add(queued)
     await fakes.eventually(lambda: run_store.object(queued).status.reason == "Queued", what=f"{queued} to queue")
     return sched, gate
@@ -74,9 +74,9 @@ async def finished(run_store: fakes.FakeRunStore, name: str, *, timeout: float =
 
 
 async def test_pending_run_runs_then_succeeds_with_writes_in_order(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    sched = await started(make_scheduler, **QUIET)
+    sched = await started(make_reconciler, **QUIET)
     gate = scripted_runner.gate("a")
     run_store.add("a")
 
@@ -94,16 +94,16 @@ async def test_pending_run_runs_then_succeeds_with_writes_in_order(
     assert [event.type for event in status.events] == ["run_started", "run_succeeded"]
     assert status.session_snapshot is not None
     assert run_store.refusals == []
-    await sched.wait_idle()
+    await sched.settle()
     assert ("a", "Normal", "Started") in run_store.events
     assert ("a", "Normal", "Succeeded") in run_store.events
     assert sched.active_count == 0
 
 
 async def test_stale_versions_of_a_released_run_cause_no_writes(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    sched = await started(make_scheduler, **QUIET)
+    sched = await started(make_reconciler, **QUIET)
     run_store.add("a")
     await finished(run_store, "a")
     # The watch can still deliver versions from before the run ended and let go.
@@ -115,16 +115,16 @@ async def test_stale_versions_of_a_released_run_cause_no_writes(
 
     sched.observe(stale_terminal)
     sched.observe(stale_running)
-    await sched.wait_idle()
+    await sched.settle()
 
     assert run_store.writes_of("a") == HAPPY_WRITES
     assert run_store.refusals == []
 
 
 async def test_echo_run_through_the_task_runner(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, task_runner: runner.TaskRunner
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, task_runner: runner.TaskRunner
 ) -> None:
-    sched = make_scheduler(task_runner)
+    sched = make_reconciler(task_runner)
     await sched.recover()
     run_store.add("hello", fakes.echo_spec("Say hello to the platform team."))
 
@@ -214,14 +214,14 @@ FAILURES = [
 
 @pytest.mark.parametrize(("spec", "reason", "message"), FAILURES)
 async def test_request_shaped_problems_fail_after_admission(
-    make_scheduler: fakes.MakeScheduler,
+    make_reconciler: fakes.MakeReconciler,
     run_store: fakes.FakeRunStore,
     task_runner: runner.TaskRunner,
     spec: dict[str, object],
     reason: str,
     message: str,
 ) -> None:
-    sched = make_scheduler(task_runner)
+    sched = make_reconciler(task_runner)
     await sched.recover()
     run_store.add("bad", spec)
 
@@ -236,9 +236,9 @@ async def test_request_shaped_problems_fail_after_admission(
 
 
 async def test_conflicting_write_is_retried_from_the_stored_object(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    _, gate = await running_gated(make_scheduler, run_store, scripted_runner, "a", **QUIET)
+    _, gate = await running_gated(make_reconciler, run_store, scripted_runner, "a", **QUIET)
 
     run_store.touch("a")  # someone else moves the resourceVersion
     gate.set()
@@ -250,9 +250,9 @@ async def test_conflicting_write_is_retried_from_the_stored_object(
 
 
 async def test_terminal_state_recorded_meanwhile_is_never_overwritten(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    _, gate = await running_gated(make_scheduler, run_store, scripted_runner, "a", **QUIET)
+    _, gate = await running_gated(make_reconciler, run_store, scripted_runner, "a", **QUIET)
     first = transitions.ended(
         run_store.object("a").status,
         transitions.failure(models.Reason.POD_FAILED, "recorded first"),
@@ -274,12 +274,12 @@ async def test_terminal_state_recorded_meanwhile_is_never_overwritten(
 
 @pytest.mark.parametrize("failing", ["admission", "conclusion"])
 async def test_transient_write_failures_are_retried(
-    make_scheduler: fakes.MakeScheduler,
+    make_reconciler: fakes.MakeReconciler,
     run_store: fakes.FakeRunStore,
     scripted_runner: fakes.ScriptedRunner,
     failing: str,
 ) -> None:
-    sched = await started(make_scheduler, **QUIET)
+    sched = await started(make_reconciler, **QUIET)
     gate = scripted_runner.gate("a")
     if failing == "admission":
         run_store.fail_next_writes(2)
@@ -295,14 +295,16 @@ async def test_transient_write_failures_are_retried(
     assert run_store.writes_of("a") == HAPPY_WRITES
     kind = "finalizer" if failing == "admission" else "status"
     assert run_store.refusals == [fakes.Refusal(kind, "a", "Unavailable")] * 2
-    failures = sched.metrics.registry.get_sample_value("agentrun_status_write_failures_total", {"cause": "Unavailable"})
+    failures = sched.svc.metrics.registry.get_sample_value(
+        "agentrun_status_write_failures_total", {"cause": "Unavailable"}
+    )
     assert failures == 2
 
 
 async def test_concurrency_cap_queues_the_second_run_until_the_first_ends(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    sched, gate = await busy_and_queued(make_scheduler, run_store, scripted_runner, "first", "second")
+    sched, gate = await busy_and_queued(make_reconciler, run_store, scripted_runner, "first", "second")
     queued = run_store.object("second")
     assert queued.status.phase is models.Phase.PENDING
     assert not queued.has_finalizer
@@ -320,9 +322,9 @@ async def test_concurrency_cap_queues_the_second_run_until_the_first_ends(
 
 
 async def test_deleting_a_running_run_cancels_it_and_lets_it_go(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    sched = await started(make_scheduler, **QUIET)
+    sched = await started(make_reconciler, **QUIET)
     scripted_runner.gate("a")  # never opened: only the deletion ends it
     run_store.add("a")
     await fakes.eventually(lambda: phase_of(run_store, "a") is models.Phase.RUNNING, what="a to run")
@@ -334,7 +336,7 @@ async def test_deleting_a_running_run_cancels_it_and_lets_it_go(
     assert (status.phase, status.reason, status.message) == (
         models.Phase.CANCELLED,
         "Cancelled",
-        lifecycle.DELETED_MESSAGE,
+        decisions.DELETED_MESSAGE,
     )
     assert status.events[-1].type == "run_cancelled"
     assert scripted_runner.cancelled == ["a"]
@@ -348,10 +350,10 @@ async def test_deleting_a_running_run_cancels_it_and_lets_it_go(
 
 
 async def test_deleting_a_run_held_by_an_earlier_life_records_the_cancellation(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore
 ) -> None:
     run_store.add("held", status=running_status("other", NOW), finalizers=(models.FINALIZER,))
-    sched = make_scheduler(clock=fakes.Clock(NOW))
+    sched = make_reconciler(clock=fakes.Clock(NOW))
     assert await sched.recover() == 0  # its owner looks alive
 
     run_store.delete("held")
@@ -362,9 +364,9 @@ async def test_deleting_a_run_held_by_an_earlier_life_records_the_cancellation(
 
 
 async def test_deleting_a_queued_run_drops_it_from_the_queue(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    sched = await started(make_scheduler, max_concurrent_runs=1, **QUIET)
+    sched = await started(make_reconciler, max_concurrent_runs=1, **QUIET)
     scripted_runner.gate("busy")
     run_store.add("busy")
     await fakes.eventually(lambda: phase_of(run_store, "busy") is models.Phase.RUNNING, what="busy to run")
@@ -379,9 +381,9 @@ async def test_deleting_a_queued_run_drops_it_from_the_queue(
 
 
 async def test_timeout_fails_the_run_with_deadline_exceeded(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, task_runner: runner.TaskRunner
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, task_runner: runner.TaskRunner
 ) -> None:
-    sched = make_scheduler(task_runner)
+    sched = make_reconciler(task_runner)
     await sched.recover()
     run_store.add("slow", fakes.echo_spec("slow", delay=60, timeoutSeconds=1))
 
@@ -393,9 +395,9 @@ async def test_timeout_fails_the_run_with_deadline_exceeded(
 
 
 async def test_progress_is_coalesced_into_one_write(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    await started(make_scheduler, **QUIET)
+    await started(make_reconciler, **QUIET)
     gate = scripted_runner.gate("a")
     scripted_runner.scripts["a"].progress = [("tool_call", {"tool": name}) for name in ("search", "fetch", "read")]
     run_store.add("a")
@@ -418,9 +420,9 @@ async def test_progress_is_coalesced_into_one_write(
 
 
 async def test_heartbeat_is_renewed_while_running(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    await started(make_scheduler)  # heartbeat every 0.2 s
+    await started(make_reconciler)  # heartbeat every 0.2 s
     gate = scripted_runner.gate("a")
     run_store.add("a")
     await fakes.eventually(lambda: phase_of(run_store, "a") is models.Phase.RUNNING, what="a to run")
@@ -436,9 +438,9 @@ async def test_heartbeat_is_renewed_while_running(
 
 
 async def test_runner_failure_is_recorded_with_its_reason(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    await started(make_scheduler, **QUIET)
+    await started(make_reconciler, **QUIET)
     scripted_runner.scripts["a"] = fakes.Script(failure=errors.ModelError("model 'm' returned HTTP 429: slow down"))
     run_store.add("a")
 
@@ -453,9 +455,9 @@ async def test_runner_failure_is_recorded_with_its_reason(
 
 
 async def test_large_output_is_offloaded(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    await started(make_scheduler, status_budget_bytes=1024, **QUIET)
+    await started(make_reconciler, status_budget_bytes=1024, **QUIET)
     scripted_runner.scripts["a"] = fakes.Script(output={"text": "x" * 2000})
     run_store.add("a")
 
@@ -464,8 +466,8 @@ async def test_large_output_is_offloaded(
     assert status.phase is models.Phase.SUCCEEDED
     assert status.output is None
     assert status.output_ref is not None
-    assert status.output_ref.name == "a-output"
-    assert run_store.payloads["a-output"] == '{"text":"' + "x" * 2000 + '"}'
+    assert status.output_ref.name == "a-output-uid-1"
+    assert run_store.payloads["a-output-uid-1"] == '{"text":"' + "x" * 2000 + '"}'
     assert status.events[-1].data is not None
     assert "output" not in status.events[-1].data
 
@@ -474,9 +476,9 @@ async def test_large_output_is_offloaded(
 
 
 async def test_drain_keeps_short_results_and_fails_long_runs(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    sched = await started(make_scheduler, **QUIET)
+    sched = await started(make_reconciler, **QUIET)
     short = scripted_runner.gate("short")
     scripted_runner.gate("long")
     run_store.add("short")
@@ -508,15 +510,15 @@ async def test_drain_keeps_short_results_and_fails_long_runs(
     # Runs seen after the drain began are left Pending for the next instance.
     late = run_store.add("late")
     sched.observe(late)
-    await sched.wait_idle()
+    await sched.settle()
     assert run_store.writes_of("late") == []
     assert (sched.active_count, sched.queued_count) == (0, 0)
 
 
 async def test_drain_leaves_queued_runs_for_the_next_instance(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    sched, gate = await busy_and_queued(make_scheduler, run_store, scripted_runner, "busy", "queued")
+    sched, gate = await busy_and_queued(make_reconciler, run_store, scripted_runner, "busy", "queued")
 
     draining = asyncio.create_task(sched.drain(1.0))
     await fakes.eventually(lambda: not sched.ready, what="the drain to begin")
@@ -555,17 +557,17 @@ RECOVERY = [
 
 @pytest.mark.parametrize(("owner", "heartbeat", "orphaned"), RECOVERY)
 async def test_recover_fails_orphans_only(
-    make_scheduler: fakes.MakeScheduler,
+    make_reconciler: fakes.MakeReconciler,
     run_store: fakes.FakeRunStore,
     owner: str,
     heartbeat: datetime.datetime | None,
     orphaned: bool,
 ) -> None:
     run_store.add("running", status=running_status(owner, heartbeat), finalizers=(models.FINALIZER,))
-    sched = make_scheduler(clock=fakes.Clock(NOW))
+    sched = make_reconciler(clock=fakes.Clock(NOW))
 
     assert await sched.recover() == int(orphaned)
-    await sched.wait_idle()
+    await sched.settle()
 
     run = run_store.last("running")
     if orphaned:
@@ -580,56 +582,61 @@ async def test_recover_fails_orphans_only(
 
 
 async def test_recover_makes_no_writes_to_finished_runs(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore
 ) -> None:
     for phase in (models.Phase.SUCCEEDED, models.Phase.FAILED, models.Phase.CANCELLED):
         run_store.add(phase.value.lower(), status=models.AgentRunStatus(phase=phase, reason=phase.value))
     run_store.add("orphan", status=running_status("gone", fakes.EPOCH))
-    sched = make_scheduler(clock=fakes.Clock(NOW))
+    sched = make_reconciler(clock=fakes.Clock(NOW))
 
     assert await sched.recover() == 1
-    await sched.wait_idle()
+    await sched.settle()
 
     assert {w.name for w in run_store.writes} == {"orphan"}
     assert run_store.writes_of("orphan") == [("status", "Failed")]
 
 
 async def test_finished_run_still_holding_our_finalizer_is_released_without_a_status_write(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore
 ) -> None:
     done = models.AgentRunStatus(phase=models.Phase.SUCCEEDED, reason="Succeeded")
     run_store.add("done", status=done, finalizers=(models.FINALIZER,))
-    await started(make_scheduler)
+    await started(make_reconciler)
 
     await fakes.eventually(lambda: not run_store.object("done").has_finalizer, what="the finalizer to be released")
     assert run_store.writes_of("done") == [("finalizer", "remove")]
 
 
 async def test_sweep_fails_a_foreign_run_once_its_heartbeat_expires(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore
 ) -> None:
     clock = fakes.Clock(NOW)
     run_store.add("foreign", status=running_status("other", NOW))
-    sched = make_scheduler(clock=clock)
+    sched = make_reconciler(clock=clock)
     assert await sched.recover() == 0
 
     clock.advance(0.9)
-    assert await sched.sweep_orphans() == 0
+    await sched.resync()
+    await sched.settle()
+    assert run_store.writes_of("foreign") == []
     clock.advance(0.2)  # past the 1 s timeout
-    assert await sched.sweep_orphans() == 1
-    assert await sched.sweep_orphans() == 0
+    await sched.resync()
+    await sched.settle()
+    await sched.resync()
+    await sched.settle()
 
+    assert run_store.writes_of("foreign") == [("status", "Failed")]
     status = run_store.object("foreign").status
     assert (status.phase, status.reason) == (models.Phase.FAILED, "OperatorRestarted")
     assert status.completion_time == NOW + datetime.timedelta(seconds=1.1)
 
 
 async def test_orphan_seen_late_that_finished_meanwhile_is_not_failed(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore
 ) -> None:
     clock = fakes.Clock(NOW)
     run_store.add("foreign", status=running_status("other", NOW))
-    sched = make_scheduler(clock=clock)
+    sched = make_reconciler(clock=clock)
     await sched.recover()
     stale = run_store.object("foreign")
     done = transitions.ended(
@@ -643,18 +650,303 @@ async def test_orphan_seen_late_that_finished_meanwhile_is_not_failed(
     clock.advance(5)
 
     sched.observe(stale)  # a delayed watch event: the Running copy, now with an expired heartbeat
-    await sched.wait_idle()
+    await sched.settle()
 
     assert run_store.object("foreign").status == done
     assert run_store.writes_of("foreign") == []
     assert fakes.Refusal("status", "foreign", "Conflict") in run_store.refusals
 
 
-async def test_runs_seen_before_recovery_are_not_marked_queued(
-    make_scheduler: fakes.MakeScheduler, run_store: fakes.FakeRunStore
+async def test_runs_seen_before_recovery_wait_untouched_until_it_is_done(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    sched = make_scheduler()
+    sched = make_reconciler(max_concurrent_runs=1, **QUIET)
+    gate = scripted_runner.gate("first")
+    run_store.add("first")
     run_store.add("early")
-    await fakes.eventually(lambda: sched.queued_count == 1, what="the watch to deliver the run")
-    await sched.wait_idle()
-    assert run_store.writes_of("early") == []
+    await fakes.eventually(lambda: sched.tracked_count == 2, what="the watch to deliver the runs")
+    await sched.settle()
+    assert run_store.writes == []  # nothing is admitted or queued before recovery
+
+    assert await sched.recover() == 0
+    await fakes.eventually(lambda: run_store.object("early").status.reason == "Queued", what="early to queue")
+    gate.set()
+    assert (await finished(run_store, "first")).phase is models.Phase.SUCCEEDED
+    assert (await finished(run_store, "early")).phase is models.Phase.SUCCEEDED
+
+
+# --- exactly once: decoding, unknown outcomes, namesakes ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        pytest.param({"runner": {"mode": "task", "instance": "x", "podIP": "10.1.2.3"}}, id="unknown-nested-field"),
+        pytest.param({"retryBudget": {"left": 2}}, id="unknown-top-level-field"),
+        pytest.param({"usage": {"requests": "many"}}, id="unreadable-known-field"),
+    ],
+)
+async def test_finished_run_written_by_another_version_is_never_run_again(
+    make_reconciler: fakes.MakeReconciler,
+    run_store: fakes.FakeRunStore,
+    scripted_runner: fakes.ScriptedRunner,
+    odd: dict[str, object],
+) -> None:
+    run_store.add("done")
+    run_store._bodies["ns", "done"]["status"] = {"phase": "Succeeded", "reason": "Succeeded", "output": "kept", **odd}
+    sched = await started(make_reconciler, **QUIET)
+    run_store.touch("done")  # one more watch notification
+    await sched.settle()
+
+    assert scripted_runner.started == []
+    assert run_store.writes_of("done") == []
+    assert run_store._bodies["ns", "done"]["status"]["output"] == "kept"
+
+
+async def test_run_with_an_unknown_phase_is_left_alone(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    run_store.add("future", finalizers=(models.FINALIZER,))
+    run_store._bodies["ns", "future"]["status"] = {"phase": "Retrying", "attempts": [{"number": 1}]}
+    sched = await started(make_reconciler, **QUIET)
+    run_store.touch("future")
+    await sched.settle()
+
+    assert scripted_runner.started == []
+    assert run_store.writes_of("future") == []
+
+
+@pytest.mark.parametrize("lost", ["finalizer", "running", "terminal", "release"])
+async def test_a_write_applied_with_its_reply_lost_is_recognised_as_our_own(
+    make_reconciler: fakes.MakeReconciler,
+    run_store: fakes.FakeRunStore,
+    scripted_runner: fakes.ScriptedRunner,
+    lost: str,
+) -> None:
+    sched = await started(make_reconciler, **QUIET)
+    gate = scripted_runner.gate("a")
+    if lost == "finalizer":
+        run_store.lose_next_replies(1)
+    elif lost == "running":
+        original = run_store.set_finalizer
+
+        async def finalizer_then_lose(run: ports.RunObject, present: bool) -> ports.RunObject | None:
+            result = await original(run, present)
+            if present:
+                run_store.lose_next_replies(1)  # the next write, Running, is applied and its reply lost
+            return result
+
+        run_store.set_finalizer = finalizer_then_lose  # type: ignore[method-assign]
+    run_store.add("a")
+    await fakes.eventually(lambda: phase_of(run_store, "a") is models.Phase.RUNNING, what="a to run")
+    if lost == "terminal":
+        run_store.lose_next_replies(1)
+    elif lost == "release":
+        original_status = run_store.write_status
+
+        async def terminal_then_lose(run: ports.RunObject, status: models.AgentRunStatus) -> ports.RunObject:
+            result = await original_status(run, status)
+            if status.phase.terminal:
+                run_store.lose_next_replies(1)  # the next write, the release, is applied and its reply lost
+            return result
+
+        run_store.write_status = terminal_then_lose  # type: ignore[method-assign]
+    gate.set()
+
+    status = await finished(run_store, "a")
+    await sched.settle()
+
+    assert status.phase is models.Phase.SUCCEEDED
+    assert scripted_runner.started == ["a"]
+    assert [event.type for event in status.events] == ["run_started", "run_succeeded"]
+    assert [(a.number, a.instance, a.reason) for a in status.attempts] == [(1, "test", "Succeeded")]
+    assert fakes.Refusal("reply", "", "lost") in run_store.refusals
+
+
+async def test_namesake_created_while_the_old_run_is_still_being_released_runs(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    sched, gate = await running_gated(make_reconciler, run_store, scripted_runner, "a", **QUIET)
+    old_uid = run_store.object("a").ref.uid
+
+    def recreate(event_type: str, run: ports.RunObject) -> None:
+        # `kubectl replace --force`: the new object exists as soon as the old one is gone,
+        # while the operator still waits for the reply of the write that let the old one go.
+        if event_type == "DELETED" and run.ref.uid == old_uid:
+            run_store.add("a")
+
+    run_store.watch(recreate)
+    original = run_store.set_finalizer
+
+    async def release_then_lose(run: ports.RunObject, present: bool) -> ports.RunObject | None:
+        result = await original(run, present)
+        if not present:
+            raise ports.Unavailable("injected: the reply of the release was lost")
+        return result
+
+    run_store.set_finalizer = release_then_lose  # type: ignore[method-assign]
+    run_store.delete("a")
+    await fakes.eventually(lambda: run_store.exists("a") and run_store.object("a").ref.uid != old_uid, what="a again")
+    run_store.set_finalizer = original  # type: ignore[method-assign]
+    gate.set()
+
+    status = await finished(run_store, "a")
+    run_store.unwatch(recreate)
+    await sched.settle()
+    assert status.phase is models.Phase.SUCCEEDED
+    assert scripted_runner.started == ["a", "a"]
+
+
+# --- every path ends terminal ------------------------------------------------------------
+
+
+async def test_layer_state_that_cannot_be_serialised_fails_the_run(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    await started(make_reconciler, **QUIET)
+    scripted_runner.scripts["a"] = fakes.Script(layer_state={"handle": object()})
+    run_store.add("a")
+
+    status = await finished(run_store, "a")
+
+    assert (status.phase, status.reason) == (models.Phase.FAILED, "InternalError")
+    assert "session state is not JSON" in (status.message or "")
+
+
+async def test_output_that_is_not_json_fails_the_run(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    await started(make_reconciler, **QUIET)
+    scripted_runner.scripts["a"] = fakes.Script(output=float("nan"))
+    run_store.add("a")
+
+    status = await finished(run_store, "a")
+
+    assert (status.phase, status.reason) == (models.Phase.FAILED, "InternalError")
+    assert "output is not JSON" in (status.message or "")
+
+
+@pytest.mark.parametrize("error", [ports.Forbidden, ports.Unavailable, ports.NotOwned])
+async def test_an_offload_that_cannot_be_stored_fails_the_run_in_bounded_time(
+    make_reconciler: fakes.MakeReconciler,
+    run_store: fakes.FakeRunStore,
+    scripted_runner: fakes.ScriptedRunner,
+    monkeypatch: pytest.MonkeyPatch,
+    error: type[ports.ApiError],
+) -> None:
+    monkeypatch.setattr(ending, "OFFLOAD_TIMEOUT_SECONDS", 0.5)
+    await started(make_reconciler, status_budget_bytes=1024, **QUIET)
+    scripted_runner.scripts["a"] = fakes.Script(output="x" * 2000)
+    run_store.fail_next_payloads(1000, error)
+    run_store.add("a")
+
+    status = await finished(run_store, "a")
+
+    assert (status.phase, status.reason) == (models.Phase.FAILED, "ResultNotStored")
+    assert f"injected {error.__name__}" in (status.message or "")
+
+
+async def test_a_rejected_terminal_status_is_replaced_by_a_minimal_one(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    _sched, gate = await running_gated(make_reconciler, run_store, scripted_runner, "a", **QUIET)
+    run_store.fail_next_writes(1, ports.Rejected)
+    gate.set()
+
+    status = await finished(run_store, "a")
+
+    assert (status.phase, status.reason) == (models.Phase.FAILED, "InternalError")
+    assert "rejected its status" in (status.message or "")
+
+
+async def test_a_terminal_status_that_could_not_be_written_is_retried_by_the_resync(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    sched, gate = await running_gated(make_reconciler, run_store, scripted_runner, "a", **QUIET)
+    run_store.fail_next_writes(2, ports.Rejected)  # the real status and the minimal one
+    gate.set()
+    await fakes.eventually(lambda: len(run_store.refusals) == 2, what="both writes to be refused")
+    await sched.settle()
+    assert phase_of(run_store, "a") is models.Phase.RUNNING
+
+    await sched.resync()
+    status = await finished(run_store, "a")
+    assert (status.phase, status.reason) == (models.Phase.SUCCEEDED, "Succeeded")
+
+
+async def test_a_timeout_inside_the_agent_is_not_the_runs_deadline(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    await started(make_reconciler, **QUIET)
+    scripted_runner.scripts["a"] = fakes.Script(failure=TimeoutError())
+    run_store.add("a")
+
+    status = await finished(run_store, "a")
+
+    assert (status.phase, status.reason) == (models.Phase.FAILED, "InternalError")
+    assert "None" not in (status.message or "")
+
+
+async def test_a_run_without_a_timeout_gets_the_operators_default_deadline(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    await started(make_reconciler, default_timeout_seconds=0.3, **QUIET)
+    scripted_runner.gate("a")
+    run_store.add("a")
+
+    status = await finished(run_store, "a")
+
+    assert (status.phase, status.reason) == (models.Phase.FAILED, "DeadlineExceeded")
+    assert status.message == "run exceeded its deadline of 0.3 seconds"
+
+
+async def test_a_forgotten_run_of_this_instance_is_found_by_the_resync(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    clock = fakes.Clock(NOW)
+    sched = await started(make_reconciler, clock=clock, **QUIET)
+    # Recorded as this instance's own, yet nothing here executes it (its task died with a bug).
+    run_store.add("a", status=running_status("test", NOW), finalizers=(models.FINALIZER,))
+    await sched.settle()
+    await sched.resync()
+
+    status = await finished(run_store, "a")
+    assert (status.phase, status.reason) == (models.Phase.FAILED, "OperatorRestarted")
+    assert scripted_runner.started == []
+
+
+# --- cancellation by request ---------------------------------------------------------------
+
+
+async def test_cancel_request_stops_a_running_run(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    _sched, _gate = await running_gated(make_reconciler, run_store, scripted_runner, "a", **QUIET)
+    run_store._bodies["ns", "a"]["spec"]["cancel"] = True
+    run_store.touch("a")
+
+    status = await finished(run_store, "a")
+
+    assert (status.phase, status.reason, status.message) == (
+        models.Phase.CANCELLED,
+        "Cancelled",
+        "run cancelled by request",
+    )
+    assert status.events[-1].type == "run_cancelled"
+    assert scripted_runner.cancelled == ["a"]
+
+
+async def test_cancel_request_keeps_a_queued_run_from_ever_starting(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    sched, gate = await busy_and_queued(make_reconciler, run_store, scripted_runner, "busy", "waiting")
+    run_store._bodies["ns", "waiting"]["spec"]["cancel"] = True
+    run_store.touch("waiting")
+    status = await finished(run_store, "waiting")
+    gate.set()
+    await finished(run_store, "busy")
+    await sched.settle()
+
+    assert (status.phase, status.reason) == (models.Phase.CANCELLED, "Cancelled")
+    assert status.attempts == []
+    assert scripted_runner.started == ["busy"]

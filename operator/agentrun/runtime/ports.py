@@ -1,7 +1,7 @@
 """What the runtime needs from the API server, as a port.
 
-:mod:`agentrun.kube` implements :class:`RunStore` against a real API server; unit
-tests implement it in memory. Objects cross this boundary already parsed.
+:mod:`agentrun.kube.store` implements :class:`RunApi` against a real API server;
+unit tests implement it in memory. Objects cross this boundary already parsed.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ import pydantic
 from agentrun.api import models
 
 
-class StoreError(Exception):
-    """Base of the errors a store raises; the message never carries a secret value."""
+class ApiError(Exception):
+    """Base of the errors the API port raises; the message never carries a secret value."""
 
 
-class Conflict(StoreError):
-    """The object changed since it was read (resourceVersion mismatch)."""
+class Conflict(ApiError):
+    """The object changed since it was read (resourceVersion mismatch), or already exists."""
 
 
-class NotFound(StoreError):
+class NotFound(ApiError):
     """The object no longer exists."""
 
 
@@ -34,25 +34,32 @@ class Gone(NotFound):
     """A watch's resourceVersion has expired (HTTP 410): read the object again and resume."""
 
 
-class Forbidden(StoreError):
-    """The operator's ServiceAccount lacks a permission; retrying will not help."""
+class Forbidden(ApiError):
+    """The operator's ServiceAccount lacks a permission; retrying will not help until RBAC changes."""
 
 
-class Rejected(StoreError):
+class Rejected(ApiError):
     """The API server refused the request as invalid; retrying the same request will not help."""
 
 
-class Unavailable(StoreError):
-    """The API server could not be reached or answered 429/5xx; retry with backoff."""
+class Unavailable(ApiError):
+    """The API server could not be reached, timed out, or answered 429/5xx; retry with backoff.
+
+    The request may or may not have been applied: the caller must read before it concludes.
+    """
+
+
+class NotOwned(ApiError):
+    """An object with the name the operator needs exists and belongs to someone else; it is never touched."""
 
 
 @dataclasses.dataclass(frozen=True, order=True)
 class RunRef:
-    """Identifies one AgentRun object (the uid tells a re-created namesake apart)."""
+    """Identifies one AgentRun object; the uid tells a re-created namesake apart."""
 
     namespace: str
     name: str
-    uid: str = dataclasses.field(default="", compare=False)
+    uid: str = ""
 
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
@@ -68,8 +75,10 @@ class RunObject:
     finalizers: tuple[str, ...]
     deleting: bool
     status: models.AgentRunStatus
+    status_problems: tuple[str, ...] = ()
+    """Status fields this version could not read (they are kept as stored, never rewritten blindly)."""
     raw_spec: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
-    """The spec as stored; parsed on first use, since most watch events never need it."""
+    """The spec as stored; parsed on first use, since most watch notifications never need it."""
 
     @functools.cached_property
     def _parsed_spec(self) -> tuple[models.AgentRunSpec | None, str | None]:
@@ -90,15 +99,21 @@ class RunObject:
     def spec_error(self) -> str | None:
         return self._parsed_spec[1]
 
+    @property
+    def cancel_requested(self) -> bool:
+        """``spec.cancel`` is true (read without parsing the whole spec)."""
+        return self.raw_spec.get("cancel") is True
+
+    @property
+    def phase_readable(self) -> bool:
+        """False when the stored phase is one this version does not know: then the run is left alone."""
+        return "phase" not in self.status_problems and "status" not in self.status_problems
+
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> RunObject:
         """Parse an object as the API server returns it. A bad spec is kept as an error."""
         metadata = body.get("metadata") or {}
-        try:
-            status = models.AgentRunStatus.model_validate(body.get("status") or {})
-        except pydantic.ValidationError:
-            # A status we cannot read was not written by this operator version; start afresh.
-            status = models.AgentRunStatus()
+        status, problems = models.AgentRunStatus.decode(body.get("status"))
         return cls(
             ref=RunRef(metadata.get("namespace", ""), metadata.get("name", ""), metadata.get("uid", "")),
             resource_version=str(metadata.get("resourceVersion", "")),
@@ -106,6 +121,7 @@ class RunObject:
             finalizers=tuple(metadata.get("finalizers") or ()),
             deleting=metadata.get("deletionTimestamp") is not None,
             status=status,
+            status_problems=tuple(problems),
             raw_spec=body.get("spec") or {},
         )
 
@@ -114,33 +130,38 @@ class RunObject:
         return models.FINALIZER in self.finalizers
 
 
-class EventSeverity(enum.StrEnum):
+class KubeEventType(enum.StrEnum):
+    """The type of a Kubernetes Event (not to be confused with the run's own status events)."""
+
     NORMAL = "Normal"
     WARNING = "Warning"
 
 
-class RunStore(Protocol):
+class RunApi(Protocol):
     """Reads and guarded writes of AgentRuns and the objects they own."""
 
     async def get(self, ref: RunRef) -> RunObject:
-        """The current object; raises NotFound."""
+        """The current object of that name; raises NotFound. The caller compares the uid."""
 
     async def list_running(self) -> list[RunObject]:
         """Every watched run whose phase is Running (for orphan recovery)."""
 
     async def write_status(self, run: RunObject, status: models.AgentRunStatus) -> RunObject:
-        """Replace the status if the object is still at ``run.resource_version``; raises Conflict."""
+        """Patch the fields the operator owns if the object is still at ``run.resource_version``; raises Conflict."""
 
     async def set_finalizer(self, run: RunObject, present: bool) -> RunObject | None:
         """Add or remove our finalizer, guarded by resourceVersion. ``None`` if the object is gone."""
 
     async def store_payload(self, run: RunObject, purpose: str, payload: str) -> models.ContentRef:
-        """Keep a large JSON payload in a Secret owned by the run and say where it is."""
+        """Keep a large JSON payload in a Secret owned by the run and say where it is.
+
+        Raises NotOwned when a Secret of that name exists and is not this run's.
+        """
 
     async def read_secret(self, namespace: str, name: str, key: str) -> str:
         """One key of a Secret; raises NotFound naming the Secret and key (never the value)."""
 
-    async def record_event(
-        self, run: RunObject, severity: EventSeverity, reason: str, message: str, now: datetime.datetime
+    async def post_kube_event(
+        self, run: RunObject, event_type: KubeEventType, reason: str, message: str, now: datetime.datetime
     ) -> None:
         """Post a Kubernetes Event about the run (best effort)."""

@@ -1,0 +1,105 @@
+"""Admission and the concurrency cap: who runs next, and the writes that take a run.
+
+Runs wait in arrival order while the cap is reached. Taking a run is two guarded
+writes: our finalizer, then ``Running`` with the new attempt recorded in the same
+write, before anything executes. A write whose reply was lost is recognised on
+re-read by the instance and attempt number it carries.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import logging
+
+from agentrun.api import models
+from agentrun.runtime import changes, ending, ports, services, transitions
+
+logger = logging.getLogger(__name__)
+
+
+class Line:
+    """The runs waiting for a slot, first come first served, and the slots in use."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._waiting: collections.OrderedDict[ports.RunRef, None] = collections.OrderedDict()
+        self._running: set[ports.RunRef] = set()
+
+    @property
+    def slot_free(self) -> bool:
+        return len(self._running) < self.cap
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def wait(self, ref: ports.RunRef) -> None:
+        self._waiting.setdefault(ref, None)
+
+    def is_waiting(self, ref: ports.RunRef) -> bool:
+        return ref in self._waiting
+
+    def leave(self, ref: ports.RunRef) -> None:
+        """The run no longer waits (admitted elsewhere, deleted, cancelled)."""
+        self._waiting.pop(ref, None)
+
+    def take(self, ref: ports.RunRef) -> None:
+        self._waiting.pop(ref, None)
+        self._running.add(ref)
+
+    def done(self, ref: ports.RunRef) -> None:
+        self._running.discard(ref)
+
+    def next_waiting(self) -> list[ports.RunRef]:
+        """The waiting runs that fit under the cap now, oldest first."""
+        room = max(0, self.cap - len(self._running))
+        return list(self._waiting)[:room]
+
+    def clear_waiting(self) -> None:
+        self._waiting.clear()
+
+
+@dataclasses.dataclass(frozen=True)
+class Admitted:
+    """A run taken by this instance: its stored object and the attempt to execute."""
+
+    run: ports.RunObject
+    attempt: int
+
+
+async def admit(svc: services.Services, run: ports.RunObject, *, deadline: float | None = None) -> Admitted | None:
+    """Take ``run``: finalizer, then ``Running`` with the next attempt. ``None`` if it is not ours to run."""
+    held = await svc.writer.set_finalizer(run, True, deadline=deadline)
+    if held is None or not held.has_finalizer:
+        return None
+    spec = held.spec
+    runner = models.RunnerStatus(mode=spec.runner.mode if spec else models.RunnerMode.TASK, instance=svc.instance)
+    attempt = len(held.status.attempts) + 1
+    start = functools.partial(changes.admit, runner=runner, now=svc.clock(), ring_size=svc.ring_size)
+    written = await svc.writer.write_status(held, start, what="admit", deadline=deadline)
+    if written is None:
+        return None
+    started = written.run
+    ours = written.changed or transitions.started_by(started.status, instance=svc.instance, attempt=attempt)
+    if ours and started.status.phase is models.Phase.RUNNING:
+        svc.metrics.runs_started.inc()
+        svc.post_kube_event(started, ports.KubeEventType.NORMAL, "Started", f"run started by {svc.instance}")
+        return Admitted(started, attempt)
+    if started.status.phase is models.Phase.RUNNING and not started.deleting:
+        return None  # another instance runs it; the finalizer is held for that run
+    await ending.release(svc, started, deadline=deadline)
+    return None
+
+
+async def mark_queued(svc: services.Services, run: ports.RunObject) -> ports.RunObject | None:
+    """Record once that the run waits for a slot."""
+    written = await svc.writer.write_status(
+        run, functools.partial(changes.queue, now=svc.clock()), what="mark the run queued"
+    )
+    return written.run if written is not None else None

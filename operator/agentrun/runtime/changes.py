@@ -1,0 +1,107 @@
+"""The status changes the operator writes, each re-decided on the stored object.
+
+Every function takes the run as the API server stores it now (the writer re-reads
+it after a conflict or a write whose outcome is unknown) and returns the status to
+write, or ``None`` when the change no longer applies. That is what makes a stale
+watch copy harmless: the precondition is checked again against the current object,
+and a terminal status is final.
+
+The writer receives these functions bound with :func:`functools.partial`.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from agentrun.api import models
+from agentrun.runtime import ports, transitions
+
+
+def admit(
+    current: ports.RunObject, *, runner: models.RunnerStatus, now: datetime.datetime, ring_size: int
+) -> models.AgentRunStatus | None:
+    """``Running`` with the next attempt recorded, if the run still waits for admission."""
+    if current.deleting or current.cancel_requested or not current.phase_readable:
+        return None
+    if current.status.phase is not models.Phase.PENDING:
+        return None  # admitted (perhaps by this very write, its reply lost), finished, or taken
+    return transitions.admitted(
+        current.status, runner=runner, generation=current.generation, now=now, ring_size=ring_size
+    )
+
+
+def queue(current: ports.RunObject, *, now: datetime.datetime) -> models.AgentRunStatus | None:
+    """``Pending``/``Queued``, once, while the run waits for a slot."""
+    if current.deleting or not current.phase_readable or current.status.phase is not models.Phase.PENDING:
+        return None
+    if current.status.reason == models.Reason.QUEUED.value:
+        return None
+    return transitions.queued(current.status, generation=current.generation, now=now)
+
+
+def progress(
+    current: ports.RunObject,
+    *,
+    events: list[transitions.PendingEvent],
+    instance: str,
+    attempt: int,
+    now: datetime.datetime,
+    ring_size: int,
+) -> models.AgentRunStatus | None:
+    """Coalesced progress and a renewed heartbeat, while this instance's attempt is the running one."""
+    if current.status.phase is not models.Phase.RUNNING:
+        return None
+    if not transitions.started_by(current.status, instance=instance, attempt=attempt):
+        return None
+    return transitions.progressed(current.status, events, now=now, ring_size=ring_size)
+
+
+def end(
+    current: ports.RunObject,
+    *,
+    ending: transitions.Ending,
+    events: list[transitions.PendingEvent],
+    now: datetime.datetime,
+    ring_size: int,
+    instance: str | None = None,
+    attempt: int | None = None,
+) -> models.AgentRunStatus | None:
+    """The terminal status; the first end recorded wins.
+
+    With ``instance`` and ``attempt`` the end applies only while that attempt is the
+    running one (an attempt ends itself); without them it ends any unfinished run
+    (deletion or cancellation of a run nobody executes).
+    """
+    if current.status.phase.terminal or not current.phase_readable:
+        return None
+    if attempt is not None and instance is not None:
+        if current.status.phase is not models.Phase.RUNNING:
+            return None
+        if not transitions.started_by(current.status, instance=instance, attempt=attempt):
+            return None
+    return transitions.ended(
+        current.status, ending, events=events, generation=current.generation, now=now, ring_size=ring_size
+    )
+
+
+def fail_orphan(
+    current: ports.RunObject,
+    *,
+    seen: models.AgentRunStatus,
+    ending: transitions.Ending,
+    now: datetime.datetime,
+    ring_size: int,
+) -> models.AgentRunStatus | None:
+    """Fail a run whose owner is gone, if nothing has moved since it was judged orphaned.
+
+    ``seen`` is the status the judgement was made on: if the owner has renewed the
+    heartbeat or another attempt has started since, the owner is alive after all.
+    """
+    status = current.status
+    if status.phase is not models.Phase.RUNNING or not current.phase_readable:
+        return None
+    seen_beat = seen.runner.heartbeat_time if seen.runner else None
+    beat = status.runner.heartbeat_time if status.runner else None
+    if beat != seen_beat or status.last_attempt != seen.last_attempt:
+        return None
+    return transitions.ended(status, ending, generation=current.generation, now=now, ring_size=ring_size)

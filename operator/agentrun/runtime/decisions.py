@@ -1,0 +1,135 @@
+"""The reconciler's decision table: current run + what this instance observes + now -> one action.
+
+:func:`decide` is pure. It never talks to the API server and never reads a clock,
+so every row can be tested as a table. The reconciler carries the action out, and
+each write re-checks its precondition against the stored object (see
+:mod:`agentrun.runtime.changes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+
+from agentrun.api import models
+from agentrun.runtime import ports, transitions
+
+SHUTDOWN_MESSAGE = "run cancelled during operator shutdown"
+DELETED_MESSAGE = "run cancelled: the AgentRun was deleted while running"
+CANCEL_REQUESTED_MESSAGE = "run cancelled by request"
+
+
+class StopCause(enum.Enum):
+    """Why a run ends before its attempt finishes on its own."""
+
+    DELETED = "deleted"
+    REQUESTED = "requested"
+    SHUTDOWN = "shutdown"
+
+    def ending(self) -> transitions.Ending:
+        match self:
+            case StopCause.DELETED:
+                return transitions.Ending(models.Phase.CANCELLED, models.Reason.CANCELLED, DELETED_MESSAGE)
+            case StopCause.REQUESTED:
+                return transitions.Ending(models.Phase.CANCELLED, models.Reason.CANCELLED, CANCEL_REQUESTED_MESSAGE)
+            case StopCause.SHUTDOWN:
+                return transitions.failure(models.Reason.OPERATOR_SHUTDOWN, SHUTDOWN_MESSAGE)
+
+
+class Verb(enum.StrEnum):
+    WAIT = "wait"
+    """Nothing to do until the run or this instance changes."""
+    IGNORE = "ignore"
+    """The stored phase is unknown to this version: never act on the run."""
+    QUEUE = "queue"
+    """Pending and no slot is free: wait in line (recorded as Queued once)."""
+    ADMIT = "admit"
+    """Pending and a slot is free: record the attempt, then start it."""
+    STOP = "stop"
+    """This instance executes the run and must stop it for ``cause``."""
+    CANCEL = "cancel"
+    """Record the run's end for ``cause`` without executing anything, then let go."""
+    FAIL_ORPHAN = "fail-orphan"
+    """Running, but its owner is gone: record OperatorRestarted, then let go."""
+    RELEASE = "release"
+    """Finished but still carrying our finalizer: let go."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Action:
+    verb: Verb
+    cause: StopCause | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Observed:
+    """What this instance knows about one run, beside the object itself."""
+
+    instance: str
+    """This operator instance's identity."""
+    executing: bool = False
+    """An attempt of this run is in flight in this instance."""
+    accepting: bool = True
+    """Startup recovery is done and the instance is not draining."""
+    draining: bool = False
+    """The instance is shutting down: nothing new is taken on."""
+    slot_free: bool = True
+    """The concurrency cap has room for one more run."""
+    heartbeat_timeout: datetime.timedelta = datetime.timedelta(seconds=60)
+    """A Running run whose owner has not renewed it for this long is an orphan."""
+
+
+WAIT = Action(Verb.WAIT)
+
+
+def decide(run: ports.RunObject, observed: Observed, now: datetime.datetime) -> Action:
+    """The one thing to do next about ``run``."""
+    if not run.phase_readable:
+        return Action(Verb.IGNORE)
+    phase = run.status.phase
+
+    if run.deleting:
+        if observed.executing:
+            return Action(Verb.STOP, StopCause.DELETED)
+        if not run.has_finalizer or observed.draining:
+            return WAIT
+        return Action(Verb.RELEASE) if phase.terminal else Action(Verb.CANCEL, StopCause.DELETED)
+
+    if phase.terminal:
+        if run.has_finalizer and not observed.executing and not observed.draining:
+            return Action(Verb.RELEASE)
+        return WAIT
+
+    if run.cancel_requested:
+        if observed.executing:
+            return Action(Verb.STOP, StopCause.REQUESTED)
+        if observed.draining:
+            return WAIT
+        if phase is models.Phase.RUNNING and owner_alive(run, observed, now):
+            return WAIT  # its owner sees the same request and stops it
+        return Action(Verb.CANCEL, StopCause.REQUESTED)
+
+    if phase is models.Phase.RUNNING:
+        if observed.executing:
+            return WAIT
+        if owner_alive(run, observed, now):
+            return WAIT
+        return Action(Verb.FAIL_ORPHAN)
+
+    # Pending
+    if observed.executing or not observed.accepting:
+        return WAIT
+    return Action(Verb.ADMIT) if observed.slot_free else Action(Verb.QUEUE)
+
+
+def owner_alive(run: ports.RunObject, observed: Observed, now: datetime.datetime) -> bool:
+    """Whether the instance that runs ``run`` is still driving it.
+
+    A run recorded as this instance's that this instance does not execute was left by
+    an earlier life of the same identity: its owner is gone.
+    """
+    owner = run.status.runner.instance if run.status.runner else None
+    if owner == observed.instance:
+        return observed.executing
+    return not transitions.heartbeat_expired(run.status, timeout=observed.heartbeat_timeout, now=now)

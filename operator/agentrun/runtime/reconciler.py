@@ -1,0 +1,350 @@
+"""The run core: a work queue keyed by namespace/name/uid and the loop that drives it.
+
+Every notification about a run (from the watch, from this instance's own writes, or
+from the periodic resync) lands on the run's key. A key is worked on by one task at
+a time: when a notification arrives while its task is busy, the key is marked dirty
+and decided again once the task is done, from the newest object. The decision
+itself is :func:`agentrun.runtime.decisions.decide`; this module carries actions out
+and keeps the per-key state: the action in flight, the attempt executing, an ending
+that could not be recorded yet.
+
+Runs this instance owns are read again periodically, so a run this instance owns is
+never forgotten; foreign ``Running`` runs are judged again on each resync, which is
+how orphans of a crashed instance are found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import datetime
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from agentrun.api import models
+from agentrun.runtime import admission, attempts, decisions, ending, ports, recovery, services, transitions
+
+logger = logging.getLogger(__name__)
+
+RELEASED_MEMORY = 10_000
+"""How many released runs to remember; stale watch copies of them arrive within moments."""
+
+
+@dataclasses.dataclass
+class Unrecorded:
+    """An ending this instance decided but could not write yet (retried by the resync)."""
+
+    ending: transitions.Ending
+    attempt: int | None
+    events: list[transitions.PendingEvent]
+
+
+@dataclasses.dataclass
+class Entry:
+    """What the reconciler keeps for one run key."""
+
+    run: ports.RunObject
+    task: asyncio.Task[Any] | None = None
+    driver: attempts.AttemptDriver | None = None
+    dirty: bool = False
+    unrecorded: Unrecorded | None = None
+    ignored: bool = False
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+
+class Reconciler:
+    """Admits, executes, cancels, recovers and releases the runs this instance watches."""
+
+    def __init__(self, svc: services.Services) -> None:
+        self.svc = svc
+        self._entries: dict[ports.RunRef, Entry] = {}
+        self._line = admission.Line(svc.settings.max_concurrent_runs)
+        self._released: collections.OrderedDict[ports.RunRef, None] = collections.OrderedDict()
+        self._recovered = False
+        self._draining = False
+        svc.metrics.active_runs.set_function(lambda: self._line.running)
+        svc.metrics.queued_runs.set_function(lambda: self._line.waiting)
+
+    # --- what the wiring calls -----------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """True once startup recovery is done and runs are being admitted."""
+        return self._recovered and not self._draining
+
+    @property
+    def active_count(self) -> int:
+        return self._line.running
+
+    @property
+    def queued_count(self) -> int:
+        return self._line.waiting
+
+    @property
+    def tracked_count(self) -> int:
+        """Runs held in memory: waiting, executing, foreign Running, or still to be let go."""
+        return len(self._entries)
+
+    def observe(self, run: ports.RunObject) -> None:
+        """A newer copy of ``run`` is known. Idempotent; never blocks."""
+        if run.ref in self._released:
+            return  # finished and let go by this instance; the watch may lag behind us
+        entry = self._entries.get(run.ref)
+        if entry is None:
+            entry = Entry(run)
+            self._entries[run.ref] = entry
+        else:
+            entry.run = run
+        self._reconcile(entry)
+
+    def forget(self, ref: ports.RunRef) -> None:
+        """The object is gone from the API server."""
+        self._line.leave(ref)
+        entry = self._entries.get(ref)
+        if entry is not None and not entry.busy:
+            del self._entries[ref]
+
+    async def recover(self) -> int:
+        """Fail the runs left Running by an instance that is gone; then start admitting.
+
+        Returns how many orphans were failed. Finished runs are only read, never written.
+        """
+        for run in await self.svc.api.list_running():
+            self.observe(run)
+        chores = [entry.task for entry in self._entries.values() if entry.task is not None and entry.driver is None]
+        results = await asyncio.gather(*chores, return_exceptions=True) if chores else []
+        self._recovered = True
+        self._pump()
+        for entry in list(self._entries.values()):
+            if not entry.busy:
+                self._reconcile(entry)
+        return sum(1 for result in results if isinstance(result, recovery.Orphaned))
+
+    async def resync(self) -> None:
+        """Read again the runs this instance owns; judge foreign Running runs again; retry lost ends."""
+        for ref, entry in list(self._entries.items()):
+            if entry.busy:
+                continue
+            if entry.unrecorded is not None:
+                self._start(entry, self._record_unrecorded(entry), what="record the end")
+                continue
+            if self._owned(entry.run):
+                try:
+                    current = await self.svc.api.get(ref)
+                except ports.NotFound:
+                    self.forget(ref)
+                    continue
+                if current.ref.uid != ref.uid:
+                    self.forget(ref)
+                    continue
+                entry.run = current
+            self._reconcile(entry)
+
+    async def drain(self, grace: float) -> None:
+        """Stop admitting; let runs finish within ``grace`` seconds; fail the rest.
+
+        Admissions already under way complete first. Every write during the drain is
+        bounded by the same deadline; what cannot be recorded in time is logged.
+        """
+        if self._draining:
+            return
+        self._draining = True
+        deadline = time.monotonic() + grace
+        # Keep a slice of the grace for the final status writes of stopped runs.
+        stop_at = deadline - min(3.0, grace / 4)
+        self._line.clear_waiting()
+        executing = [entry for entry in self._entries.values() if entry.driver is not None]
+        for entry in executing:
+            assert entry.driver is not None
+            entry.driver.write_deadline = deadline
+        logger.info("draining %d active runs, grace %.1fs", len(executing), grace)
+        await self._wait_for(executing, stop_at)
+        for entry in executing:
+            if entry.driver is not None:
+                entry.driver.stop(decisions.StopCause.SHUTDOWN)
+        await self._wait_for(executing, deadline)
+        for entry in executing:
+            if entry.busy:
+                logger.error("AgentRun %s: final status not recorded before the shutdown deadline", entry.run.ref)
+                assert entry.task is not None
+                entry.task.cancel()
+
+    async def settle(self) -> None:
+        """Wait until no action is in flight (tests use it before asserting)."""
+        await self.svc.supervisor.settle()
+
+    async def close(self) -> None:
+        """Cancel whatever is left (after a drain, and in tests)."""
+        await self.svc.supervisor.close()
+
+    # --- deciding -------------------------------------------------------------------------
+
+    def _observed(self, entry: Entry) -> decisions.Observed:
+        settings = self.svc.settings
+        return decisions.Observed(
+            instance=self.svc.instance,
+            executing=entry.driver is not None,
+            accepting=self._recovered and not self._draining,
+            draining=self._draining,
+            slot_free=self._line.slot_free,
+            heartbeat_timeout=datetime.timedelta(seconds=settings.heartbeat_timeout_seconds),
+        )
+
+    def _reconcile(self, entry: Entry) -> None:
+        if entry.busy and entry.driver is None:
+            entry.dirty = True  # decided again from the newest copy when the action in flight is done
+            return
+        run = entry.run
+        action = decisions.decide(run, self._observed(entry), self.svc.clock())
+        match action.verb:
+            case decisions.Verb.WAIT:
+                self._settle_idle(entry)
+            case decisions.Verb.IGNORE:
+                if not entry.ignored:
+                    entry.ignored = True
+                    logger.warning(
+                        "AgentRun %s: its status has fields this operator version cannot read (%s); leaving it alone",
+                        run.ref,
+                        ", ".join(run.status_problems),
+                    )
+            case decisions.Verb.QUEUE:
+                self._line.wait(run.ref)
+                if self._recovered and run.status.reason != models.Reason.QUEUED.value:
+                    self._start(entry, admission.mark_queued(self.svc, run), what="mark the run queued")
+            case decisions.Verb.ADMIT:
+                self._line.take(run.ref)
+                entry.driver = attempts.AttemptDriver(self.svc, run, len(run.status.attempts) + 1)
+                self._start(entry, self._attempt(entry), what="run the attempt")
+            case decisions.Verb.STOP:
+                assert entry.driver is not None
+                assert action.cause is not None
+                entry.driver.stop(action.cause)
+            case decisions.Verb.CANCEL:
+                assert action.cause is not None
+                self._line.leave(run.ref)
+                self._start(
+                    entry, ending.conclude(self.svc, run, action.cause.ending()), what="record the cancellation"
+                )
+            case decisions.Verb.FAIL_ORPHAN:
+                self._start(entry, self._fail_orphan(run), what="fail the orphaned run")
+            case decisions.Verb.RELEASE:
+                self._start(entry, ending.release(self.svc, run), what="release the run")
+
+    def _settle_idle(self, entry: Entry) -> None:
+        """Drop what no longer needs memory: finished runs without our finalizer."""
+        run = entry.run
+        if entry.driver is None and not entry.busy and run.status.phase.terminal and not run.has_finalizer:
+            self._entries.pop(run.ref, None)
+            self._line.leave(run.ref)
+
+    def _owned(self, run: ports.RunObject) -> bool:
+        """Runs this instance answers for: recorded as its own, or held but not run by anyone."""
+        runner = run.status.runner
+        if runner is not None and runner.instance == self.svc.instance:
+            return True
+        return run.has_finalizer and run.status.phase is not models.Phase.RUNNING
+
+    # --- carrying actions out -------------------------------------------------------------------
+
+    def _start(self, entry: Entry, work: Coroutine[Any, Any, object], *, what: str) -> None:
+        task = self.svc.supervisor.spawn(self._keyed(entry, work), what=f"{what}: AgentRun {entry.run.ref}")
+        entry.task = task
+
+    async def _keyed(self, entry: Entry, work: Coroutine[Any, Any, object]) -> object:
+        """Run one action for the key; then decide again if anything arrived meanwhile."""
+        result: object = None
+        cancelled = False
+        try:
+            result = await work
+            return result
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            if isinstance(result, ports.RunObject):
+                entry.run = result
+            elif isinstance(result, recovery.Orphaned):
+                entry.run = result.run
+            entry.task = None
+            if entry.driver is not None:
+                entry.driver = None
+                self._line.done(entry.run.ref)
+                self._pump()
+            if not cancelled:
+                self._after_action(entry)
+
+    def _after_action(self, entry: Entry) -> None:
+        run = entry.run
+        if run.status.phase.terminal and not run.has_finalizer and entry.unrecorded is None:
+            self._remember_released(run.ref)
+            self._entries.pop(run.ref, None)
+            return
+        if entry.dirty and not self._draining:
+            entry.dirty = False
+            self._reconcile(entry)
+
+    async def _attempt(self, entry: Entry) -> ports.RunObject | None:
+        driver = entry.driver
+        assert driver is not None
+        admitted = await admission.admit(self.svc, entry.run, deadline=driver.write_deadline)
+        if admitted is None:
+            entry.dirty = True
+            return None
+        driver.run = admitted.run
+        driver.number = admitted.attempt
+        try:
+            end = await driver.execute()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a driver bug must still end the run, not leave it Running
+            logger.exception("AgentRun %s: the attempt failed unexpectedly", driver.ref)
+            end = transitions.failure(
+                models.Reason.INTERNAL_ERROR, "the operator hit an unexpected error; see the operator log"
+            )
+        events = list(driver.sink.pending)
+        recorded = await ending.conclude(
+            self.svc, driver.run, end, events=events, attempt=driver.number, deadline=driver.write_deadline
+        )
+        if recorded is None and not self._draining:
+            entry.unrecorded = Unrecorded(end, driver.number, events)
+        return recorded
+
+    async def _record_unrecorded(self, entry: Entry) -> ports.RunObject | None:
+        pending = entry.unrecorded
+        assert pending is not None
+        recorded = await ending.conclude(
+            self.svc, entry.run, pending.ending, events=pending.events, attempt=pending.attempt
+        )
+        if recorded is not None:
+            entry.unrecorded = None
+        return recorded
+
+    async def _fail_orphan(self, run: ports.RunObject) -> recovery.Orphaned | None:
+        return await recovery.fail_orphan(self.svc, run)
+
+    def _pump(self) -> None:
+        """Admit waiting runs while there is room under the cap."""
+        if not self._recovered or self._draining:
+            return
+        for ref in self._line.next_waiting():
+            entry = self._entries.get(ref)
+            if entry is None:
+                self._line.leave(ref)
+            else:
+                self._reconcile(entry)
+
+    def _remember_released(self, ref: ports.RunRef) -> None:
+        self._released[ref] = None
+        while len(self._released) > RELEASED_MEMORY:
+            self._released.popitem(last=False)
+
+    async def _wait_for(self, entries: list[Entry], until: float) -> None:
+        tasks = [entry.task for entry in entries if entry.task is not None and not entry.task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(0.0, until - time.monotonic()))
