@@ -114,7 +114,7 @@ def _crd(output: pathlib.Path | None, check: pathlib.Path | None) -> int:
 def _detail(event: dict[str, Any]) -> str:
     data = event.get("data") or {}
     parts = []
-    for key in ("reason", "message", "request", "tool", "output", "outputRef", "usage"):
+    for key in ("attempt", "reason", "message", "retryAt", "request", "tool", "output", "outputRef", "usage"):
         if key in data:
             value = data[key]
             shown = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))

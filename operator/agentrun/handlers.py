@@ -83,6 +83,7 @@ def build_registry() -> kopf.OperatorRegistry:
             supervisor=context.supervisor,
         )
         core = context.reconciler = reconciler.Reconciler(svc)
+        core.start()
         if context.settings.liveness_port:
             context.health = health.HealthServer(context.settings.liveness_port, context.readiness)
             await context.health.start()

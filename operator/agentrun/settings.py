@@ -10,6 +10,8 @@ from typing import Annotated
 import pydantic
 import pydantic_settings
 
+from agentrun.api import models
+
 
 class LogFormat(enum.StrEnum):
     JSON = "json"
@@ -76,6 +78,18 @@ class Settings(pydantic_settings.BaseSettings):
         gt=0,
         le=7 * 24 * 3600,
         description="Deadline of runs that set no timeoutSeconds: nothing waits forever.",
+    )
+    default_ttl_seconds_after_finished: int | None = pydantic.Field(
+        None,
+        ge=0,
+        description=(
+            "Delete finished runs (and what they own) this long after they finish, "
+            "unless a run sets its own ttlSecondsAfterFinished. Empty keeps them."
+        ),
+    )
+    max_limits: models.Limits | None = pydantic.Field(
+        None,
+        description="Ceiling on every run's spec.limits (JSON); a run without a limit gets the ceiling as its limit.",
     )
     api_request_timeout_seconds: float = pydantic.Field(
         30.0, gt=0, le=300, description="Timeout of each request to the API server (watches excepted)."

@@ -88,6 +88,7 @@ async def make_reconciler(
             **({"clock": clock} if clock is not None else {}),
         )
         core = reconciler.Reconciler(svc)
+        core.start()
 
         def on_event(event_type: str, run: ports.RunObject) -> None:
             if event_type == "DELETED":

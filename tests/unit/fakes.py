@@ -264,6 +264,14 @@ class FakeRunStore:
         self._drop_reply()
         return ports.RunObject.from_body(copy.deepcopy(body))
 
+    async def delete_run(self, ref: ports.RunRef) -> None:
+        await asyncio.sleep(0)
+        body = self._bodies.get((ref.namespace, ref.name))
+        if body is None or body["metadata"]["uid"] != ref.uid:
+            raise ports.NotFound(f"AgentRun {ref} not found")
+        self.writes.append(Write("delete", ref.name, ""))
+        self.delete(ref.name, ref.namespace)
+
     async def store_payload(self, run: ports.RunObject, purpose: str, payload: str) -> models.ContentRef:
         await asyncio.sleep(0)
         if self._payload_failures:
@@ -336,6 +344,8 @@ class Script:
     """When set, the run waits for it before finishing."""
     failure: BaseException | None = None
     """Raised instead of finishing: a classified RunFailure, or any other exception."""
+    fail_first: list[BaseException] = dataclasses.field(default_factory=list)
+    """Raised by the first executions, one each; later executions finish."""
     output: Any = "done"
     layer_state: dict[str, Any] = dataclasses.field(default_factory=dict)
     """The runtime state every layer leaves in the session snapshot."""
@@ -371,6 +381,8 @@ class ScriptedRunner:
             raise
         if script.failure is not None:
             raise script.failure
+        if script.fail_first:
+            raise script.fail_first.pop(0)
         self.finished.append(name)
         layers = run.spec.composition.layers if run.spec else []
         return compositor.CompositionResult(

@@ -10,7 +10,7 @@ import fakes
 import pytest
 
 from agentrun.api import models
-from agentrun.runtime import decisions, ports
+from agentrun.runtime import decisions, ports, transitions
 
 NOW = fakes.EPOCH
 ME = "me"
@@ -122,3 +122,126 @@ def test_decide(
 def test_stop_causes_end_runs_with_their_reason(cause: Cause, phase: str, reason: str, message: str) -> None:
     ending = cause.ending()
     assert (ending.phase.value, ending.reason.value, ending.message) == (phase, reason, message)
+
+
+def test_a_retry_waits_for_its_backoff_then_is_admitted() -> None:
+    later = NOW + datetime.timedelta(seconds=30)
+    waiting = run(status={"phase": "Pending", "reason": "RetryBackoff", "nextAttemptTime": later.isoformat()})
+    assert decisions.decide(waiting, IDLE, NOW) == decisions.Action(Verb.WAIT, at=later)
+    assert decisions.decide(waiting, IDLE, later).verb is Verb.ADMIT
+    assert decisions.decide(waiting, FULL, later).verb is Verb.QUEUE
+
+
+def finished(ttl: int | None, completed_ago: float) -> ports.RunObject:
+    completed = NOW - datetime.timedelta(seconds=completed_ago)
+    body: dict[str, Any] = {
+        "metadata": {"name": "a", "namespace": "ns", "uid": "u", "resourceVersion": "1"},
+        "spec": fakes.echo_spec(**({} if ttl is None else {"ttlSecondsAfterFinished": ttl})),
+        "status": {"phase": "Succeeded", "completionTime": completed.isoformat()},
+    }
+    return ports.RunObject.from_body(body)
+
+
+HOUR = datetime.timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("current", "default_ttl", "expected"),
+    [
+        pytest.param(finished(60, 61), None, decisions.Action(Verb.EXPIRE), id="own-ttl-passed"),
+        pytest.param(
+            finished(60, 10),
+            None,
+            decisions.Action(Verb.WAIT, at=NOW + datetime.timedelta(seconds=50)),
+            id="own-ttl-ahead",
+        ),
+        pytest.param(finished(0, 0), None, decisions.Action(Verb.EXPIRE), id="zero-ttl"),
+        pytest.param(finished(None, 7200), HOUR, decisions.Action(Verb.EXPIRE), id="operator-default-passed"),
+        pytest.param(finished(None, 7200), None, decisions.WAIT, id="kept-without-any-ttl"),
+        pytest.param(finished(7200, 3600), HOUR, decisions.Action(Verb.WAIT, at=NOW + HOUR), id="own-ttl-wins"),
+    ],
+)
+def test_finished_runs_expire_after_their_time_to_live(
+    current: ports.RunObject, default_ttl: datetime.timedelta | None, expected: decisions.Action
+) -> None:
+    observed = dataclasses.replace(IDLE, default_ttl=default_ttl)
+    assert decisions.decide(current, observed, NOW) == expected
+
+
+def running_with_attempts(count: int, **retry: Any) -> ports.RunObject:
+    attempts = [
+        {"number": n, "mode": "task", "instance": ME, "startTime": NOW.isoformat()} for n in range(1, count + 1)
+    ]
+    body: dict[str, Any] = {
+        "metadata": {"name": "a", "namespace": "ns", "uid": "u", "resourceVersion": "1"},
+        "spec": fakes.echo_spec(retry=retry) if retry else fakes.echo_spec(),
+        "status": {"phase": "Running", "startTime": NOW.isoformat(), "attempts": attempts},
+    }
+    return ports.RunObject.from_body(body)
+
+
+def model_error(status_code: int | None) -> transitions.Ending:
+    return transitions.failure(models.Reason.MODEL_ERROR, "boom", status_code=status_code)
+
+
+@pytest.mark.parametrize(
+    ("current", "ending", "delay"),
+    [
+        pytest.param(running_with_attempts(1, limit=2, backoffSeconds=10), model_error(503), 10, id="503-retried"),
+        pytest.param(running_with_attempts(1, limit=2, backoffSeconds=10), model_error(429), 10, id="429-retried"),
+        pytest.param(running_with_attempts(1, limit=2, backoffSeconds=10), model_error(None), 10, id="timeout-retried"),
+        pytest.param(running_with_attempts(2, limit=2, backoffSeconds=10), model_error(500), 20, id="backoff-doubles"),
+        pytest.param(running_with_attempts(3, limit=2, backoffSeconds=10), model_error(500), None, id="limit-reached"),
+        pytest.param(running_with_attempts(1, limit=2, backoffSeconds=10), model_error(400), None, id="400-final"),
+        pytest.param(running_with_attempts(1, limit=2, backoffSeconds=10), model_error(401), None, id="401-final"),
+        pytest.param(running_with_attempts(1), model_error(503), None, id="no-retry-spec"),
+        pytest.param(
+            running_with_attempts(1, limit=2),
+            transitions.failure(models.Reason.OPERATOR_RESTARTED, "lost"),
+            10,
+            id="operator-restarted-retried-by-default",
+        ),
+        pytest.param(
+            running_with_attempts(1, limit=2),
+            transitions.failure(models.Reason.OPERATOR_SHUTDOWN, "drain"),
+            None,
+            id="shutdown-not-in-default-list",
+        ),
+        pytest.param(
+            running_with_attempts(1, limit=2, retryOn=["OperatorShutdown"]),
+            transitions.failure(models.Reason.OPERATOR_SHUTDOWN, "drain"),
+            10,
+            id="shutdown-when-listed",
+        ),
+        pytest.param(
+            running_with_attempts(1, limit=2, retryOn=["InternalError"]),
+            model_error(503),
+            None,
+            id="reason-not-listed",
+        ),
+        pytest.param(
+            running_with_attempts(1, limit=5),
+            transitions.failure(models.Reason.INVALID_REQUEST, "bad"),
+            None,
+            id="invalid-request-never",
+        ),
+        pytest.param(
+            running_with_attempts(1, limit=5, backoffSeconds=600),
+            model_error(503),
+            None,
+            id="backoff-past-the-deadline",
+        ),
+        pytest.param(running_with_attempts(10, limit=20, backoffSeconds=10), model_error(503), 600, id="capped"),
+    ],
+)
+def test_retry_policy(current: ports.RunObject, ending: transitions.Ending, delay: float | None) -> None:
+    deadline = 500 if current.spec and current.spec.retry and current.spec.retry.backoff_seconds == 600 else 900
+    at = decisions.retry_at(current, ending, NOW, deadline_seconds=deadline, jitter=1.0)
+    assert at == (None if delay is None else NOW + datetime.timedelta(seconds=delay))
+
+
+def test_retry_jitter_shortens_the_backoff() -> None:
+    current = running_with_attempts(1, limit=1, backoffSeconds=10)
+    assert decisions.retry_at(
+        current, model_error(503), NOW, deadline_seconds=900, jitter=0.5
+    ) == NOW + datetime.timedelta(seconds=5)

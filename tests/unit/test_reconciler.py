@@ -950,3 +950,128 @@ async def test_cancel_request_keeps_a_queued_run_from_ever_starting(
     assert (status.phase, status.reason) == (models.Phase.CANCELLED, "Cancelled")
     assert status.attempts == []
     assert scripted_runner.started == ["busy"]
+
+
+# --- retries and expiry ----------------------------------------------------------------------
+
+
+def unavailable_model() -> errors.ModelError:
+    return errors.ModelError("model 'm' returned HTTP 503: overloaded", status_code=503)
+
+
+async def test_transient_failures_are_retried_until_the_run_succeeds(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    sched = await started(make_reconciler, **QUIET)
+    scripted_runner.scripts["a"] = fakes.Script(fail_first=[unavailable_model(), unavailable_model()])
+    run_store.add("a", fakes.echo_spec(retry={"limit": 3, "backoffSeconds": 0.1}))
+
+    status = await finished(run_store, "a")
+    await sched.settle()
+
+    assert (status.phase, status.reason) == (models.Phase.SUCCEEDED, "Succeeded")
+    assert [(a.number, a.reason, a.status_code) for a in status.attempts] == [
+        (1, "ModelError", 503),
+        (2, "ModelError", 503),
+        (3, "Succeeded", None),
+    ]
+    assert [e.type for e in status.events] == [
+        "run_started", "attempt_failed", "attempt_started", "attempt_failed", "attempt_started", "run_succeeded",
+    ]  # fmt: skip
+    assert scripted_runner.started == ["a", "a", "a"]
+    # The finalizer is held across the backoffs: added once, released once.
+    assert [w for w in run_store.writes_of("a") if w[0] == "finalizer"] == [
+        ("finalizer", "add"),
+        ("finalizer", "remove"),
+    ]
+    assert sched.svc.metrics.registry.get_sample_value("agentrun_retries_total", {"reason": "ModelError"}) == 2
+
+
+async def test_a_client_error_of_the_model_is_not_retried(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    await started(make_reconciler, **QUIET)
+    bad_request = errors.ModelError("model 'm' returned HTTP 400: bad request", status_code=400)
+    scripted_runner.scripts["a"] = fakes.Script(fail_first=[bad_request])
+    run_store.add("a", fakes.echo_spec(retry={"limit": 3, "backoffSeconds": 0.1}))
+
+    status = await finished(run_store, "a")
+
+    assert (status.phase, status.reason) == (models.Phase.FAILED, "ModelError")
+    assert [(a.number, a.status_code) for a in status.attempts] == [(1, 400)]
+
+
+async def test_a_restart_during_backoff_resumes_the_same_schedule(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    clock = fakes.Clock(NOW)
+    first = await started(make_reconciler, clock=clock, **QUIET)
+    scripted_runner.scripts["a"] = fakes.Script(fail_first=[unavailable_model()])
+    run_store.add("a", fakes.echo_spec(retry={"limit": 1, "backoffSeconds": 60}))
+    await fakes.eventually(lambda: run_store.object("a").status.reason == "RetryBackoff", what="the backoff")
+    scheduled = run_store.object("a").status.next_attempt_time
+    assert scheduled is not None
+    assert NOW + datetime.timedelta(seconds=30) <= scheduled <= NOW + datetime.timedelta(seconds=60)
+    await first.drain(0.1)  # the instance stops during the backoff
+    await first.close()
+
+    second = await started(make_reconciler, clock=clock, instance="next", **QUIET)
+    clock.advance((scheduled - NOW).total_seconds() - 1)
+    await second.resync()
+    await second.settle()
+    assert run_store.object("a").status.reason == "RetryBackoff"  # not restarted early
+    assert run_store.object("a").status.next_attempt_time == scheduled  # nor rescheduled
+    clock.advance(1)
+    await second.resync()
+
+    status = await finished(run_store, "a")
+    assert [(a.number, a.reason) for a in status.attempts] == [(1, "ModelError"), (2, "Succeeded")]
+
+
+async def test_an_orphan_is_retried_when_its_retry_policy_allows(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore
+) -> None:
+    status = running_status("gone", datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5))
+    run_store.add(
+        "a", fakes.echo_spec(retry={"limit": 1, "backoffSeconds": 0.1}), status=status, finalizers=(models.FINALIZER,)
+    )
+    sched = make_reconciler(**QUIET)  # the real clock: the backoff passes
+    await sched.recover()
+
+    retried = await finished(run_store, "a")
+    assert (retried.phase, retried.reason) == (models.Phase.SUCCEEDED, "Succeeded")
+    assert [(a.number, a.reason) for a in retried.attempts] == [(1, "OperatorRestarted"), (2, "Succeeded")]
+
+
+async def test_a_finished_run_is_deleted_once_its_time_to_live_passes(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore
+) -> None:
+    sched = await started(make_reconciler, **QUIET)
+    run_store.add("short", fakes.echo_spec(ttlSecondsAfterFinished=0))
+    run_store.add("kept", fakes.echo_spec(ttlSecondsAfterFinished=3600))
+
+    await fakes.eventually(lambda: not run_store.exists("short"), what="the expired run to be deleted")
+    status = run_store.last("short").status
+    assert status.phase is models.Phase.SUCCEEDED
+    await finished(run_store, "kept")
+    await sched.settle()
+    assert run_store.exists("kept")
+    assert sched.tracked_count == 0  # finished runs cost no entry, only their expiry time
+    assert len(sched.expiry) == 1
+    assert sched.svc.metrics.registry.get_sample_value("agentrun_ttl_deletions_total") == 1
+
+
+async def test_finished_runs_of_before_a_restart_expire_from_their_completion_time(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore
+) -> None:
+    done = models.AgentRunStatus(phase=models.Phase.SUCCEEDED, reason="Succeeded", completion_time=NOW)
+    run_store.add("old", fakes.echo_spec(ttlSecondsAfterFinished=60), status=done)
+    clock = fakes.Clock(NOW + datetime.timedelta(seconds=59))
+    sched = await started(make_reconciler, clock=clock, **QUIET)
+    await sched.settle()
+    assert run_store.exists("old")
+
+    clock.advance(1)
+    sched.expiry.schedule(run_store.object("old").ref, clock())  # the timer's wake-up, without waiting for it
+    await fakes.eventually(lambda: not run_store.exists("old"), what="the expired run to be deleted")
+    assert run_store.writes_of("old") == [("delete", "")]

@@ -52,6 +52,13 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "The Succeeded condition: True, False, or Unknown while running.",
     },
     {
+        "name": "Attempt",
+        "type": "integer",
+        "jsonPath": ".status.attempts[-1:].number",
+        "priority": 1,
+        "description": "Number of the latest attempt.",
+    },
+    {
         "name": "Mode",
         "type": "string",
         "jsonPath": ".spec.runner.mode",

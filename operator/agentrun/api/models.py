@@ -174,6 +174,63 @@ class RunnerMode(enum.StrEnum):
     POD = "pod"
 
 
+class RetryableReason(enum.StrEnum):
+    """Reasons an attempt may be retried for: failures of infrastructure, not of the request."""
+
+    MODEL_ERROR = "ModelError"
+    """The model endpoint failed transiently: HTTP 429 or 5xx, a timeout, a lost connection (never a 4xx)."""
+    POD_FAILED = "PodFailed"
+    """The runner Pod was lost to a disruption (eviction, preemption, node loss)."""
+    OPERATOR_RESTARTED = "OperatorRestarted"
+    """The operator instance that ran the attempt stopped."""
+    OPERATOR_SHUTDOWN = "OperatorShutdown"
+    """The attempt was cut short by the operator's shutdown drain."""
+    CREDENTIALS_UNAVAILABLE = "CredentialsUnavailable"
+    """A Secret the run needs could not be read (for example not yet created)."""
+    RESULT_NOT_STORED = "ResultNotStored"
+    """The result could not be stored."""
+    INTERNAL_ERROR = "InternalError"
+    """The operator hit an unexpected error."""
+
+
+DEFAULT_RETRY_ON = (RetryableReason.MODEL_ERROR, RetryableReason.POD_FAILED, RetryableReason.OPERATOR_RESTARTED)
+MAX_RETRY_BACKOFF_SECONDS = 600
+
+
+class RetrySpec(ApiModel):
+    """When and how often a failed attempt is tried again."""
+
+    limit: int = pydantic.Field(1, ge=0, le=20, description="Attempts after the first one, at most.")
+    backoff_seconds: float = pydantic.Field(
+        10.0,
+        ge=0.1,
+        le=MAX_RETRY_BACKOFF_SECONDS,
+        description=(
+            "Wait before the first retry; each further retry waits twice as long, with jitter, "
+            f"capped at {MAX_RETRY_BACKOFF_SECONDS} s."
+        ),
+    )
+    retry_on: list[RetryableReason] = pydantic.Field(
+        default_factory=lambda: list(DEFAULT_RETRY_ON),
+        max_length=len(RetryableReason),
+        description=(
+            "Reasons that are retried. Default: ModelError (429, 5xx, timeouts), PodFailed, "
+            "OperatorRestarted. InvalidRequest, OutputInvalid, BudgetExceeded and Cancelled are never retried."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+
+class Limits(ApiModel):
+    """Budgets enforced while the run executes; exceeding one fails the run with BudgetExceeded."""
+
+    max_requests: int | None = pydantic.Field(None, ge=1, description="Model requests, at most.")
+    max_input_tokens: int | None = pydantic.Field(None, ge=1, description="Input (prompt) tokens, at most.")
+    max_output_tokens: int | None = pydantic.Field(None, ge=1, description="Output (completion) tokens, at most.")
+    max_total_tokens: int | None = pydantic.Field(None, ge=1, description="Input plus output tokens, at most.")
+    max_tool_calls: int | None = pydantic.Field(None, ge=0, description="Successful tool calls, at most.")
+
+
 class RunnerSpec(ApiModel):
     """How the run is executed."""
 
@@ -217,6 +274,19 @@ class AgentRunSpec(ApiModel):
         description=(
             "Wall-clock deadline from admission; the run fails with `DeadlineExceeded` past it. "
             "Without it the operator's default deadline applies."
+        ),
+    )
+    retry: RetrySpec | None = pydantic.Field(
+        None, description="Retry failed attempts whose reason is transient. Without it, the first failure is final."
+    )
+    limits: Limits | None = pydantic.Field(None, description="Token, request and tool-call budgets of the run.")
+    ttl_seconds_after_finished: int | None = pydantic.Field(
+        None,
+        ge=0,
+        le=365 * 24 * 3600,
+        description=(
+            "Delete the run and what it owns this long after it finished (after `completionTime`). "
+            "Without it the operator's default applies; without either, finished runs are kept."
         ),
     )
     cancel: bool = pydantic.Field(
@@ -263,6 +333,8 @@ class Reason(enum.StrEnum):
     OPERATOR_SHUTDOWN = "OperatorShutdown"
     OPERATOR_RESTARTED = "OperatorRestarted"
     POD_FAILED = "PodFailed"
+    BUDGET_EXCEEDED = "BudgetExceeded"
+    RETRY_BACKOFF = "RetryBackoff"
     RESULT_NOT_STORED = "ResultNotStored"
     INTERNAL_ERROR = "InternalError"
 
@@ -312,6 +384,8 @@ class EventType(enum.StrEnum):
     RUN_SUCCEEDED = "run_succeeded"
     RUN_FAILED = "run_failed"
     RUN_CANCELLED = "run_cancelled"
+    ATTEMPT_STARTED = "attempt_started"
+    ATTEMPT_FAILED = "attempt_failed"
     MODEL_REQUEST = "model_request"
     TOOL_CALL = "tool_call"
 
@@ -357,6 +431,9 @@ class Attempt(StatusModel):
     completion_time: Timestamp | None = pydantic.Field(None, description="When the attempt ended.")
     reason: str | None = pydantic.Field(None, description="How the attempt ended, as a run reason.")
     message: str | None = pydantic.Field(None, description="Detail of how the attempt ended.")
+    status_code: int | None = pydantic.Field(
+        None, description="HTTP status of the model error that ended the attempt, when there was one."
+    )
 
 
 class AgentRunStatus(StatusModel):
@@ -394,6 +471,9 @@ class AgentRunStatus(StatusModel):
     )
     event_count: int = pydantic.Field(0, ge=0, description="Events emitted in total, including dropped ones.")
     runner: RunnerStatus | None = pydantic.Field(None, description="The executing operator instance.")
+    next_attempt_time: Timestamp | None = pydantic.Field(
+        None, description="While waiting to retry (reason RetryBackoff): when the next attempt starts."
+    )
     attempts: list[Attempt] = pydantic.Field(
         default_factory=list,
         description="The attempt ledger, oldest first: each attempt is recorded before it starts.",

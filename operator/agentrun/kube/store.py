@@ -152,6 +152,17 @@ class KubeRunStore:
             return None
         return ports.RunObject.from_body(body)
 
+    async def delete_run(self, ref: ports.RunRef) -> None:
+        body = {"preconditions": {"uid": ref.uid}, "propagationPolicy": "Background"}
+        try:
+            with errors.translated(f"delete AgentRun {ref}"):
+                await self._custom.delete_namespaced_custom_object(
+                    models.GROUP, models.VERSION, ref.namespace, models.PLURAL, ref.name, body=body,
+                    _request_timeout=self._timeout,
+                )  # fmt: skip
+        except ports.Conflict:
+            raise ports.NotFound(f"AgentRun {ref} was replaced by a namesake") from None
+
     async def store_payload(self, run: ports.RunObject, purpose: str, payload: str) -> models.ContentRef:
         name = payload_secret_name(run, purpose)
         key = f"{purpose}.json"

@@ -14,9 +14,11 @@ class RunFailure(Exception):
 
     reason: models.Reason = models.Reason.INTERNAL_ERROR
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, status_code: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.status_code = status_code
+        """The HTTP status behind a model error, when the provider answered with one."""
 
 
 class InvalidRequest(RunFailure):
@@ -35,6 +37,12 @@ class ModelError(RunFailure):
     """The model provider answered with an error or could not be reached."""
 
     reason = models.Reason.MODEL_ERROR
+
+
+class BudgetExceeded(RunFailure):
+    """A limit of ``spec.limits`` was reached; the message names the limit and the value observed."""
+
+    reason = models.Reason.BUDGET_EXCEEDED
 
 
 class OutputInvalid(RunFailure):

@@ -25,16 +25,10 @@ from agentrun.runtime import changes, decisions, ending, ports, progress, servic
 logger = logging.getLogger(__name__)
 
 
-def deadline_seconds(run: ports.RunObject, default: float) -> float:
-    """The run's wall-clock budget: its ``timeoutSeconds``, or the operator's default."""
-    spec = run.spec
-    return float(spec.timeout_seconds) if spec is not None and spec.timeout_seconds else default
-
-
 def remaining_seconds(run: ports.RunObject, default: float, now: datetime.datetime) -> float:
-    """Time left before the run's deadline, counted from its ``startTime``."""
+    """Time left before the run's deadline, counted from its ``startTime`` across attempts."""
     start = run.status.start_time or now
-    return deadline_seconds(run, default) - (now - start).total_seconds()
+    return decisions.deadline_seconds(run, default) - (now - start).total_seconds()
 
 
 class AttemptDriver:
@@ -67,7 +61,7 @@ class AttemptDriver:
             return self.stop_cause.ending()
         svc = self.svc
         budget = remaining_seconds(self.run, svc.settings.default_timeout_seconds, svc.clock())
-        timeout = deadline_seconds(self.run, svc.settings.default_timeout_seconds)
+        timeout = decisions.deadline_seconds(self.run, svc.settings.default_timeout_seconds)
         self._work = asyncio.create_task(svc.runner.execute(self.run, self.sink), name=f"attempt {self.ref}")
         writer_task = asyncio.create_task(self._write_progress(), name=f"progress {self.ref}")
         try:
@@ -99,7 +93,7 @@ class AttemptDriver:
                 raise  # this driver itself is being cancelled, not just its work
             return self.stop_cause.ending()
         except errors.RunFailure as failure:
-            return transitions.failure(failure.reason, failure.message)
+            return transitions.failure(failure.reason, failure.message, status_code=failure.status_code)
         except Exception:  # a bug in a layer or in pydantic-ai must still end the run, not leave it Running
             return self._unexpected()
         return await ending.success(

@@ -25,6 +25,9 @@ def admit(
         return None
     if current.status.phase is not models.Phase.PENDING:
         return None  # admitted (perhaps by this very write, its reply lost), finished, or taken
+    retry_at = current.status.next_attempt_time
+    if retry_at is not None and retry_at > now:
+        return None  # still backing off
     return transitions.admitted(
         current.status, runner=runner, generation=current.generation, now=now, ring_size=ring_size
     )
@@ -65,8 +68,9 @@ def end(
     ring_size: int,
     instance: str | None = None,
     attempt: int | None = None,
+    retry_at: datetime.datetime | None = None,
 ) -> models.AgentRunStatus | None:
-    """The terminal status; the first end recorded wins.
+    """The terminal status (or, with ``retry_at``, the wait for the next attempt); the first end wins.
 
     With ``instance`` and ``attempt`` the end applies only while that attempt is the
     running one (an attempt ends itself); without them it ends any unfinished run
@@ -79,6 +83,16 @@ def end(
             return None
         if not transitions.started_by(current.status, instance=instance, attempt=attempt):
             return None
+    if retry_at is not None:
+        return transitions.retrying(
+            current.status,
+            ending,
+            at=retry_at,
+            events=events,
+            generation=current.generation,
+            now=now,
+            ring_size=ring_size,
+        )
     return transitions.ended(
         current.status, ending, events=events, generation=current.generation, now=now, ring_size=ring_size
     )
@@ -91,8 +105,9 @@ def fail_orphan(
     ending: transitions.Ending,
     now: datetime.datetime,
     ring_size: int,
+    retry_at: datetime.datetime | None = None,
 ) -> models.AgentRunStatus | None:
-    """Fail a run whose owner is gone, if nothing has moved since it was judged orphaned.
+    """Fail a run whose owner is gone (or retry it), if nothing has moved since it was judged orphaned.
 
     ``seen`` is the status the judgement was made on: if the owner has renewed the
     heartbeat or another attempt has started since, the owner is alive after all.
@@ -104,4 +119,8 @@ def fail_orphan(
     beat = status.runner.heartbeat_time if status.runner else None
     if beat != seen_beat or status.last_attempt != seen.last_attempt:
         return None
+    if retry_at is not None:
+        return transitions.retrying(
+            status, ending, at=retry_at, generation=current.generation, now=now, ring_size=ring_size
+        )
     return transitions.ended(status, ending, generation=current.generation, now=now, ring_size=ring_size)

@@ -54,12 +54,16 @@ class Verb(enum.StrEnum):
     """Running, but its owner is gone: record OperatorRestarted, then let go."""
     RELEASE = "release"
     """Finished but still carrying our finalizer: let go."""
+    EXPIRE = "expire"
+    """Finished longer ago than its time to live: delete it (its children go with it)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Action:
     verb: Verb
     cause: StopCause | None = None
+    at: datetime.datetime | None = None
+    """For WAIT: decide again at this time (a retry's backoff, a finished run's expiry)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +82,8 @@ class Observed:
     """The concurrency cap has room for one more run."""
     heartbeat_timeout: datetime.timedelta = datetime.timedelta(seconds=60)
     """A Running run whose owner has not renewed it for this long is an orphan."""
+    default_ttl: datetime.timedelta | None = None
+    """How long finished runs without ``ttlSecondsAfterFinished`` are kept (``None``: for ever)."""
 
 
 WAIT = Action(Verb.WAIT)
@@ -97,9 +103,14 @@ def decide(run: ports.RunObject, observed: Observed, now: datetime.datetime) -> 
         return Action(Verb.RELEASE) if phase.terminal else Action(Verb.CANCEL, StopCause.DELETED)
 
     if phase.terminal:
-        if run.has_finalizer and not observed.executing and not observed.draining:
+        if observed.executing or observed.draining:
+            return WAIT
+        if run.has_finalizer:
             return Action(Verb.RELEASE)
-        return WAIT
+        expiry = expires_at(run, observed.default_ttl)
+        if expiry is None:
+            return WAIT
+        return Action(Verb.EXPIRE) if expiry <= now else Action(Verb.WAIT, at=expiry)
 
     if run.cancel_requested:
         if observed.executing:
@@ -120,7 +131,68 @@ def decide(run: ports.RunObject, observed: Observed, now: datetime.datetime) -> 
     # Pending
     if observed.executing or not observed.accepting:
         return WAIT
+    retry_at = run.status.next_attempt_time
+    if retry_at is not None and retry_at > now:
+        return Action(Verb.WAIT, at=retry_at)
     return Action(Verb.ADMIT) if observed.slot_free else Action(Verb.QUEUE)
+
+
+def deadline_seconds(run: ports.RunObject, default: float) -> float:
+    """The run's wall-clock budget, counted from ``startTime`` across attempts."""
+    spec = run.spec
+    return float(spec.timeout_seconds) if spec is not None and spec.timeout_seconds else default
+
+
+def expires_at(run: ports.RunObject, default_ttl: datetime.timedelta | None) -> datetime.datetime | None:
+    """When a finished run is deleted: ``ttlSecondsAfterFinished`` (or the default) after ``completionTime``."""
+    completed = run.status.completion_time
+    if completed is None:
+        return None
+    raw = run.raw_spec.get("ttlSecondsAfterFinished")
+    ttl = datetime.timedelta(seconds=raw) if isinstance(raw, int) and raw >= 0 else default_ttl
+    return None if ttl is None else completed + ttl
+
+
+TRANSIENT_HTTP_STATUSES = frozenset({408, 425, 429})
+
+
+def transient_model_error(status_code: int | None) -> bool:
+    """A model error worth retrying: no HTTP answer at all (timeout, connection), 408/425/429 or 5xx."""
+    return status_code is None or status_code in TRANSIENT_HTTP_STATUSES or status_code >= 500
+
+
+def retry_at(
+    run: ports.RunObject,
+    ending: transitions.Ending,
+    now: datetime.datetime,
+    *,
+    deadline_seconds: float,
+    jitter: float,
+) -> datetime.datetime | None:
+    """When the next attempt starts, or ``None`` when ``ending`` is final.
+
+    An attempt is retried when the run asks for it, its reason is in ``retryOn`` (a
+    ModelError only when transient), attempts remain, and the backoff ends before the
+    run's deadline. The backoff doubles with each failed attempt, capped, and is
+    scaled by ``jitter`` (0.5 to 1) so that runs failing together do not retry together.
+    """
+    spec = run.spec
+    if spec is None or spec.retry is None or ending.phase is not models.Phase.FAILED:
+        return None
+    retry = spec.retry
+    if ending.reason.value not in {reason.value for reason in retry.retry_on}:
+        return None
+    if ending.reason is models.Reason.MODEL_ERROR and not transient_model_error(ending.status_code):
+        return None
+    failed = len(run.status.attempts)
+    if failed > retry.limit:
+        return None
+    delay = min(float(models.MAX_RETRY_BACKOFF_SECONDS), retry.backoff_seconds * 2 ** (failed - 1)) * jitter
+    at = now + datetime.timedelta(seconds=delay)
+    start = run.status.start_time or now
+    if at >= start + datetime.timedelta(seconds=deadline_seconds):
+        return None  # the next attempt could not start before the run's deadline
+    return at
 
 
 def owner_alive(run: ports.RunObject, observed: Observed, now: datetime.datetime) -> bool:

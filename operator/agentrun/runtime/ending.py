@@ -8,16 +8,18 @@ is replaced by a minimal one. Then the finalizer is released.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
 import logging
+import random
 from typing import Any
 
 import pydantic_core
 
 from agentrun.api import models
 from agentrun.layers import compositor
-from agentrun.runtime import changes, metrics, ports, services, transitions, writer
+from agentrun.runtime import changes, decisions, metrics, ports, services, transitions, writer
 
 logger = logging.getLogger(__name__)
 
@@ -126,30 +128,61 @@ async def conclude(
     attempt: int | None = None,
     deadline: float | None = None,
 ) -> ports.RunObject | None:
-    """Record ``ending`` (first end wins), announce it, and release the run.
+    """Record how an attempt (or the run) ended, announce it, and let the run go.
 
-    Returns the run as last stored, or ``None`` when it is gone or the terminal status
-    could not be recorded before ``deadline`` (the caller keeps the ending to retry).
+    An attempt that failed for a reason the run retries is recorded as such, and the
+    run waits for its next attempt (still held by the finalizer); otherwise the end is
+    terminal (the first end recorded wins) and the finalizer is released. Returns the
+    run as last stored, or ``None`` when it is gone or nothing could be recorded
+    before ``deadline`` (the caller keeps the ending to retry).
     """
     instance = svc.instance if attempt is not None else None
-    bound = functools.partial(
-        changes.end, events=events or [], now=svc.clock(), ring_size=svc.ring_size, instance=instance, attempt=attempt
+    at = next_attempt_at(svc, run, ending) if attempt is not None else None
+    change = functools.partial(
+        changes.end,
+        ending=ending,
+        events=events or [],
+        now=svc.clock(),
+        ring_size=svc.ring_size,
+        instance=instance,
+        attempt=attempt,
+        retry_at=at,
     )
-    fallback = functools.partial(
-        changes.end, ending=unstorable(ending), events=[], now=svc.clock(), ring_size=svc.ring_size,
-        instance=instance, attempt=attempt,
-    )  # fmt: skip
-    written = await svc.writer.write_status(
-        run, functools.partial(bound, ending=ending), what="record the end", deadline=deadline, fallback=fallback
-    )
+    fallback = functools.partial(change, ending=unstorable(ending), events=[], retry_at=None)
+    written = await svc.writer.write_status(run, change, what="record the end", deadline=deadline, fallback=fallback)
     if written is None:
         logger.error("AgentRun %s: final status %s could not be recorded", run.ref, ending.reason.value)
         return None
+    stored = written.run
+    if written.changed and not stored.status.phase.terminal:
+        announce_retry(svc, stored, ending)
+        return stored  # waiting for its next attempt: still held
     if written.changed:
-        announce_end(svc, written.run)
-    elif not written.run.status.phase.terminal:
-        return written.run  # the run is no longer ours to end (another instance's attempt)
-    return await release(svc, written.run, deadline=deadline)
+        announce_end(svc, stored)
+    elif not stored.status.phase.terminal:
+        return stored  # no longer ours to end (another instance's attempt, or already retrying)
+    return await release(svc, stored, deadline=deadline)
+
+
+def next_attempt_at(
+    svc: services.Services, run: ports.RunObject, ending: transitions.Ending
+) -> datetime.datetime | None:
+    """When the run's next attempt starts after ``ending``, or ``None`` when the end is final."""
+    return decisions.retry_at(
+        run,
+        ending,
+        svc.clock(),
+        deadline_seconds=decisions.deadline_seconds(run, svc.settings.default_timeout_seconds),
+        jitter=random.uniform(0.5, 1.0),
+    )
+
+
+def announce_retry(svc: services.Services, run: ports.RunObject, ending: transitions.Ending) -> None:
+    """Metrics, log and a Kubernetes Event for an attempt that will be tried again."""
+    svc.metrics.retries.labels(reason=ending.reason.value).inc()
+    message = run.status.message or ""
+    logger.info("AgentRun %s: %s", run.ref, message)
+    svc.post_kube_event(run, ports.KubeEventType.WARNING, "AttemptFailed", message)
 
 
 def announce_end(svc: services.Services, run: ports.RunObject) -> None:

@@ -56,6 +56,17 @@ class Metrics:
         self.model_requests = prometheus_client.Counter(
             "agentrun_model_requests", "Model requests made by finished runs.", registry=self.registry
         )
+        self.retries = prometheus_client.Counter(
+            "agentrun_retries",
+            "Failed attempts scheduled to be tried again, by the reason they failed.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.ttl_deletions = prometheus_client.Counter(
+            "agentrun_ttl_deletions",
+            "Finished runs deleted because their time to live after finishing passed.",
+            registry=self.registry,
+        )
 
     def finished(self, phase: models.Phase, reason: str, seconds: float | None, usage: models.Usage | None) -> None:
         self.runs_finished.labels(phase=phase.value, reason=reason).inc()

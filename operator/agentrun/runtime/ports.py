@@ -152,6 +152,9 @@ class RunApi(Protocol):
     async def set_finalizer(self, run: RunObject, present: bool) -> RunObject | None:
         """Add or remove our finalizer, guarded by resourceVersion. ``None`` if the object is gone."""
 
+    async def delete_run(self, ref: RunRef) -> None:
+        """Delete the run if it still has ``ref.uid`` (its children are garbage-collected); raises NotFound."""
+
     async def store_payload(self, run: RunObject, purpose: str, payload: str) -> models.ContentRef:
         """Keep a large JSON payload in a Secret owned by the run and say where it is.
 

@@ -25,7 +25,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from agentrun.api import models
-from agentrun.runtime import admission, attempts, decisions, ending, ports, recovery, services, transitions
+from agentrun.runtime import admission, attempts, decisions, ending, expiry, ports, recovery, services, transitions
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ class Entry:
     dirty: bool = False
     unrecorded: Unrecorded | None = None
     ignored: bool = False
+    timer: asyncio.TimerHandle | None = None
+    """A wake-up to decide again (the end of a retry's backoff)."""
 
     @property
     def busy(self) -> bool:
@@ -68,6 +70,7 @@ class Reconciler:
         self._released: collections.OrderedDict[ports.RunRef, None] = collections.OrderedDict()
         self._recovered = False
         self._draining = False
+        self.expiry = expiry.Expiry(svc)
         svc.metrics.active_runs.set_function(lambda: self._line.running)
         svc.metrics.queued_runs.set_function(lambda: self._line.waiting)
 
@@ -91,6 +94,10 @@ class Reconciler:
         """Runs held in memory: waiting, executing, foreign Running, or still to be let go."""
         return len(self._entries)
 
+    def start(self) -> None:
+        """Start the background work that is not driven by notifications (expiry of finished runs)."""
+        self.svc.supervisor.keep_running(self.expiry.run, what="expiry of finished runs")
+
     def observe(self, run: ports.RunObject) -> None:
         """A newer copy of ``run`` is known. Idempotent; never blocks."""
         if run.ref in self._released:
@@ -106,9 +113,10 @@ class Reconciler:
     def forget(self, ref: ports.RunRef) -> None:
         """The object is gone from the API server."""
         self._line.leave(ref)
+        self.expiry.forget(ref)
         entry = self._entries.get(ref)
         if entry is not None and not entry.busy:
-            del self._entries[ref]
+            self._drop(entry)
 
     async def recover(self) -> int:
         """Fail the runs left Running by an instance that is gone; then start admitting.
@@ -187,6 +195,7 @@ class Reconciler:
 
     def _observed(self, entry: Entry) -> decisions.Observed:
         settings = self.svc.settings
+        default_ttl = settings.default_ttl_seconds_after_finished
         return decisions.Observed(
             instance=self.svc.instance,
             executing=entry.driver is not None,
@@ -194,6 +203,7 @@ class Reconciler:
             draining=self._draining,
             slot_free=self._line.slot_free,
             heartbeat_timeout=datetime.timedelta(seconds=settings.heartbeat_timeout_seconds),
+            default_ttl=None if default_ttl is None else datetime.timedelta(seconds=default_ttl),
         )
 
     def _reconcile(self, entry: Entry) -> None:
@@ -203,7 +213,15 @@ class Reconciler:
         run = entry.run
         action = decisions.decide(run, self._observed(entry), self.svc.clock())
         match action.verb:
+            case decisions.Verb.WAIT if action.at is not None and run.status.phase.terminal:
+                self.expiry.schedule(run.ref, action.at)
+                self._settle_idle(entry)
+            case decisions.Verb.WAIT if action.at is not None:
+                self._wake_at(entry, action.at)
             case decisions.Verb.WAIT:
+                self._settle_idle(entry)
+            case decisions.Verb.EXPIRE:
+                self.expiry.schedule(run.ref, self.svc.clock())
                 self._settle_idle(entry)
             case decisions.Verb.IGNORE:
                 if not entry.ignored:
@@ -240,8 +258,26 @@ class Reconciler:
         """Drop what no longer needs memory: finished runs without our finalizer."""
         run = entry.run
         if entry.driver is None and not entry.busy and run.status.phase.terminal and not run.has_finalizer:
-            self._entries.pop(run.ref, None)
-            self._line.leave(run.ref)
+            self._drop(entry)
+
+    def _drop(self, entry: Entry) -> None:
+        if entry.timer is not None:
+            entry.timer.cancel()
+        self._entries.pop(entry.run.ref, None)
+        self._line.leave(entry.run.ref)
+
+    def _wake_at(self, entry: Entry, at: datetime.datetime) -> None:
+        """Decide about the run again at ``at``."""
+        if entry.timer is not None:
+            entry.timer.cancel()
+        delay = max(0.0, (at - self.svc.clock()).total_seconds())
+        entry.timer = asyncio.get_running_loop().call_later(delay, self._wake, entry.run.ref)
+
+    def _wake(self, ref: ports.RunRef) -> None:
+        entry = self._entries.get(ref)
+        if entry is not None:
+            entry.timer = None
+            self._reconcile(entry)
 
     def _owned(self, run: ports.RunObject) -> bool:
         """Runs this instance answers for: recorded as its own, or held but not run by anyone."""
@@ -283,7 +319,8 @@ class Reconciler:
         run = entry.run
         if run.status.phase.terminal and not run.has_finalizer and entry.unrecorded is None:
             self._remember_released(run.ref)
-            self._entries.pop(run.ref, None)
+            self._drop(entry)
+            self._schedule_expiry(run)
             return
         if entry.dirty and not self._draining:
             entry.dirty = False
@@ -338,6 +375,13 @@ class Reconciler:
                 self._line.leave(ref)
             else:
                 self._reconcile(entry)
+
+    def _schedule_expiry(self, run: ports.RunObject) -> None:
+        """A run this instance let go is not decided again (its stale copies are ignored): expire it here."""
+        default_ttl = self.svc.settings.default_ttl_seconds_after_finished
+        at = decisions.expires_at(run, None if default_ttl is None else datetime.timedelta(seconds=default_ttl))
+        if at is not None:
+            self.expiry.schedule(run.ref, at)
 
     def _remember_released(self, ref: ports.RunRef) -> None:
         self._released[ref] = None

@@ -33,12 +33,16 @@ class Orphaned:
 async def fail_orphan(svc: services.Services, run: ports.RunObject) -> Orphaned | None:
     """Record ``OperatorRestarted`` unless the owner shows signs of life meanwhile."""
     orphan = orphan_ending(run)
+    at = ending.next_attempt_at(svc, run, orphan)
     change = functools.partial(
-        changes.fail_orphan, seen=run.status, ending=orphan, now=svc.clock(), ring_size=svc.ring_size
+        changes.fail_orphan, seen=run.status, ending=orphan, now=svc.clock(), ring_size=svc.ring_size, retry_at=at
     )
     written = await svc.writer.write_status(run, change, what="fail the orphaned run")
     if written is None or not written.changed:
         return None
+    if at is not None:
+        ending.announce_retry(svc, written.run, orphan)
+        return Orphaned(written.run)
     logger.warning("AgentRun %s: %s", run.ref, orphan.message)
     ending.record_finished(svc.metrics, written.run.status)
     svc.post_kube_event(written.run, ports.KubeEventType.WARNING, "OperatorRestarted", orphan.message)

@@ -47,6 +47,8 @@ class Ending:
     usage: models.Usage | None = None
     session_snapshot: models.SessionSnapshot | None = None
     session_snapshot_ref: models.ContentRef | None = None
+    status_code: int | None = None
+    """HTTP status of the model error behind a ModelError ending, when there was one."""
 
     @property
     def event_type(self) -> models.EventType:
@@ -77,8 +79,22 @@ class Ending:
         return data
 
 
-def failure(reason: models.Reason, message: str) -> Ending:
-    return Ending(phase=Phase.FAILED, reason=reason, message=message)
+def failure(reason: models.Reason, message: str, *, status_code: int | None = None) -> Ending:
+    return Ending(phase=Phase.FAILED, reason=reason, message=message, status_code=status_code)
+
+
+def _attempt_ended(status: models.AgentRunStatus, ending: Ending, now: datetime.datetime) -> list[models.Attempt]:
+    attempts = list(status.attempts)
+    if attempts and attempts[-1].completion_time is None:
+        attempts[-1] = attempts[-1].model_copy(
+            update={
+                "completion_time": now,
+                "reason": ending.reason.value,
+                "message": ending.message or None,
+                "status_code": ending.status_code,
+            }
+        )
+    return attempts
 
 
 def _guard(status: models.AgentRunStatus) -> None:
@@ -161,12 +177,14 @@ def admitted(
     attempt = models.Attempt(
         number=len(status.attempts) + 1, mode=runner.mode, instance=runner.instance, start_time=now
     )
+    first = not status.attempts
     started = status.model_copy(
         update={
             "phase": Phase.RUNNING,
             "reason": Reason.RUNNING.value,
             "message": "",
-            "start_time": now,
+            "start_time": status.start_time or now,  # the deadline counts across attempts
+            "next_attempt_time": None,
             "runner": runner.model_copy(update={"heartbeat_time": now}),
             "attempts": [*status.attempts, attempt],
             "conditions": _succeeded_condition(
@@ -175,7 +193,12 @@ def admitted(
             "observed_generation": generation,
         }
     )
-    return with_events(started, [PendingEvent(models.EventType.RUN_STARTED.value, now)], ring_size=ring_size)
+    event = (
+        PendingEvent(models.EventType.RUN_STARTED.value, now)
+        if first
+        else PendingEvent(models.EventType.ATTEMPT_STARTED.value, now, {"attempt": attempt.number})
+    )
+    return with_events(started, [event], ring_size=ring_size)
 
 
 def started_by(status: models.AgentRunStatus, *, instance: str, attempt: int) -> bool:
@@ -215,14 +238,10 @@ def ended(
     """The terminal status: pending progress, then the terminal event, in one write."""
     _guard(status)
     value = models.ConditionStatus.TRUE if ending.phase is Phase.SUCCEEDED else models.ConditionStatus.FALSE
-    attempts = list(status.attempts)
-    if attempts and attempts[-1].completion_time is None:
-        attempts[-1] = attempts[-1].model_copy(
-            update={"completion_time": now, "reason": ending.reason.value, "message": ending.message or None}
-        )
     final = status.model_copy(
         update={
-            "attempts": attempts,
+            "attempts": _attempt_ended(status, ending, now),
+            "next_attempt_time": None,
             "phase": ending.phase,
             "reason": ending.reason.value,
             "message": ending.message,
@@ -241,6 +260,48 @@ def ended(
     )
     terminal_event = PendingEvent(ending.event_type.value, now, ending.event_data())
     return with_events(final, [*events, terminal_event], ring_size=ring_size)
+
+
+def retrying(
+    status: models.AgentRunStatus,
+    ending: Ending,
+    *,
+    at: datetime.datetime,
+    events: Iterable[PendingEvent] = (),
+    generation: int | None,
+    now: datetime.datetime,
+    ring_size: int,
+) -> models.AgentRunStatus:
+    """The attempt failed for a reason that is retried: back to ``Pending`` until ``at``."""
+    _guard(status)
+    message = f"attempt {len(status.attempts)} failed ({ending.reason.value}); the next attempt starts at {_iso(at)}"
+    waiting = status.model_copy(
+        update={
+            "phase": Phase.PENDING,
+            "reason": Reason.RETRY_BACKOFF.value,
+            "message": message,
+            "next_attempt_time": at,
+            "attempts": _attempt_ended(status, ending, now),
+            "conditions": _succeeded_condition(
+                status,
+                models.ConditionStatus.UNKNOWN,
+                Reason.RETRY_BACKOFF.value,
+                message,
+                generation=generation,
+                now=now,
+            ),
+            "observed_generation": generation,
+        }
+    )
+    data: dict[str, Any] = {"attempt": len(status.attempts), "reason": ending.reason.value, "retryAt": _iso(at)}
+    if ending.message:
+        data["message"] = ending.message
+    failed = PendingEvent(models.EventType.ATTEMPT_FAILED.value, now, data)
+    return with_events(waiting, [*events, failed], ring_size=ring_size)
+
+
+def _iso(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def heartbeat_expired(status: models.AgentRunStatus, *, timeout: datetime.timedelta, now: datetime.datetime) -> bool:
