@@ -5,7 +5,9 @@ The requested model name picks the behaviour, so one server serves every case:
 - ``ok``: a text answer;
 - ``structured``: a valid call of the output tool, with arguments from ``STRUCTURED_ARGS``;
 - ``tool-bad``: an output-tool call that breaks any schema with a required field;
-- ``r429`` / ``r500``: provider errors with an OpenAI-style error body.
+- ``r429`` / ``r500`` / ``r400``: provider errors with an OpenAI-style error body;
+- ``flaky-N-CODE`` (for example ``flaky-2-503``): the first N requests for that model
+  name fail with HTTP CODE, later ones answer as ``ok`` does.
 
 Every request body is recorded, with its Authorization header, for assertions.
 """
@@ -52,6 +54,7 @@ class FakeLLM:
 
     def __init__(self) -> None:
         self.received: list[Received] = []
+        self._failures_served: dict[str, int] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -89,6 +92,16 @@ class FakeLLM:
         if model == "r429":
             error = {"message": "Rate limit reached for requests", "type": "requests", "code": "rate_limit_exceeded"}
             return web.json_response({"error": error}, status=429)
+        if model == "r400":
+            error = {"message": "Invalid value for 'temperature'", "type": "invalid_request_error"}
+            return web.json_response({"error": error}, status=400)
+        if model.startswith("flaky-"):
+            count, code = model.split("-")[1:3]
+            served = self._failures_served.get(model, 0)
+            if served < int(count):
+                self._failures_served[model] = served + 1
+                error = {"message": f"temporarily unavailable ({served + 1} of {count})", "type": "server_error"}
+                return web.json_response({"error": error}, status=int(code))
         if model == "r500":
             error = {"message": "The server had an error while processing your request", "type": "server_error"}
             return web.json_response({"error": error}, status=500)

@@ -97,7 +97,7 @@ async def run(plan: base.AgentPlan, progress: Progress) -> AgentResult:
                             progress(models.EventType.TOOL_CALL.value, {"tool": part.tool_name})
             result = agent_run.result
     except pydantic_ai.ModelHTTPError as error:
-        raise errors.ModelError(_provider_message(error)) from None
+        raise errors.ModelError(_provider_message(error), status_code=error.status_code) from None
     except pydantic_ai.UnexpectedModelBehavior as error:
         if "output retries" in error.message:
             cause = f": {error.__cause__}" if error.__cause__ else ""
