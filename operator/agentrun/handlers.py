@@ -77,7 +77,9 @@ def build_registry() -> kopf.OperatorRegistry:
         svc = services.Services(
             api=api,
             writer=writer.Writer(api, run_metrics),
-            runner=runner.TaskRunner(registry.LayerRegistry.from_entry_points(), api),
+            runner=runner.TaskRunner(
+                registry.LayerRegistry.from_entry_points(), api, ceiling=context.settings.max_limits
+            ),
             settings=context.settings,
             metrics=run_metrics,
             supervisor=context.supervisor,

@@ -1075,3 +1075,25 @@ async def test_finished_runs_of_before_a_restart_expire_from_their_completion_ti
     sched.expiry.schedule(run_store.object("old").ref, clock())  # the timer's wake-up, without waiting for it
     await fakes.eventually(lambda: not run_store.exists("old"), what="the expired run to be deleted")
     assert run_store.writes_of("old") == [("delete", "")]
+
+
+@pytest.mark.parametrize(
+    ("asked", "ceiling", "effective"),
+    [
+        pytest.param(None, None, None, id="none"),
+        pytest.param({"maxRequests": 5}, None, {"maxRequests": 5}, id="no-ceiling"),
+        pytest.param(None, {"maxTotalTokens": 1000}, {"maxTotalTokens": 1000}, id="ceiling-applies-to-runs-without"),
+        pytest.param({"maxTotalTokens": 5000}, {"maxTotalTokens": 1000}, {"maxTotalTokens": 1000}, id="capped"),
+        pytest.param({"maxTotalTokens": 10}, {"maxTotalTokens": 1000}, {"maxTotalTokens": 10}, id="lower-kept"),
+        pytest.param(
+            {"maxRequests": 3}, {"maxToolCalls": 4}, {"maxRequests": 3, "maxToolCalls": 4}, id="different-limits-merge"
+        ),
+    ],
+)
+def test_the_operators_ceiling_caps_every_runs_budgets(
+    asked: dict[str, int] | None, ceiling: dict[str, int] | None, effective: dict[str, int] | None
+) -> None:
+    def limits(wire: dict[str, int] | None) -> models.Limits | None:
+        return None if wire is None else models.Limits.model_validate(wire)
+
+    assert runner.effective_limits(limits(asked), limits(ceiling)) == limits(effective)

@@ -23,12 +23,28 @@ class Runner(Protocol):
         """Run the agent to its end; raise ``RunFailure`` for a classified failure."""
 
 
+def effective_limits(asked: models.Limits | None, ceiling: models.Limits | None) -> models.Limits | None:
+    """The run's budgets under the operator's ceiling: the lower of each, the ceiling where the run sets none."""
+    if ceiling is None:
+        return asked
+    if asked is None:
+        return ceiling
+    merged: dict[str, int | None] = {}
+    for name in models.Limits.model_fields:
+        mine, cap = getattr(asked, name), getattr(ceiling, name)
+        merged[name] = cap if mine is None else mine if cap is None else min(mine, cap)
+    return models.Limits(**merged)
+
+
 class TaskRunner:
     """Runs the composition inside the operator process."""
 
-    def __init__(self, layer_registry: registry.LayerRegistry, api: ports.RunApi) -> None:
+    def __init__(
+        self, layer_registry: registry.LayerRegistry, api: ports.RunApi, *, ceiling: models.Limits | None = None
+    ) -> None:
         self._registry = layer_registry
         self._api = api
+        self._ceiling = ceiling
 
     async def execute(self, run: ports.RunObject, sink: progress.ProgressSink) -> compositor.CompositionResult:
         spec = run.spec
@@ -42,6 +58,9 @@ class TaskRunner:
         if spec.session_snapshot_ref is not None:
             snapshot = await load_snapshot(read_secret, spec.session_snapshot_ref)
             spec = spec.model_copy(update={"session_snapshot": snapshot})
+        limits = effective_limits(spec.limits, self._ceiling)
+        if limits != spec.limits:
+            spec = spec.model_copy(update={"limits": limits})
         context = base.RunContext(namespace=run.ref.namespace, read_secret=read_secret)
         return await compositor.run(spec, self._registry, context, sink.emit)
 
