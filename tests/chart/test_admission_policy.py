@@ -206,7 +206,7 @@ def test_the_admin_is_admitted(guarded: Guarded) -> None:
 
 def test_updates_that_add_no_reference_need_no_secret_access(guarded: Guarded) -> None:
     guarded.apply(guarded.admin, run_with("shared", [model_layer(SECRET), prompt_layer()]))
-    # Another user may label (or, once it exists, cancel) a run whose Secret they cannot read.
+    # Another user may update a run whose Secret they cannot read, as long as no reference is added.
     labelled = guarded.creator.kubectl("label", "agentrun", "shared", "-n", guarded.namespace, "team=sre", check=False)
     assert labelled.returncode == 0, labelled.stderr
     # ... but not make it reference another Secret (whether the policy or spec immutability says no).
