@@ -31,6 +31,8 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import yaml
+
 import processes
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -120,6 +122,7 @@ class LocalCluster:
         self.write_kubeconfig(self.kubeconfig, "admin", self.token)
         self.write_kubeconfig(self.operator_kubeconfig, OPERATOR_USER, self.operator_token)
         self.apply_crds()
+        self.grant_operator_chart_rbac()
 
     def stop(self) -> None:
         _terminate(self._apiserver)
@@ -174,6 +177,42 @@ class LocalCluster:
             what="the AgentRun storage to serve requests",
         )
 
+    def grant_operator_chart_rbac(self, timeout: float = 30.0) -> None:
+        """Bind the operator identity to the ClusterRole the Helm chart renders, and nothing else.
+
+        Operators under test then run with exactly the chart's cluster-scope permissions, so a
+        call the chart does not grant fails here as it would in a real installation.
+        """
+        if self.binaries.helm is None:
+            raise ControlPlaneError("helm is required to render the chart's RBAC for the operator under test")
+        rendered = subprocess.run(
+            [
+                str(self.binaries.helm), "template", OPERATOR_USER, str(ROOT / "charts" / "agentrun-operator"),
+                "--show-only", "templates/rbac.yaml", "--set", "rbac.create=true", "--set", "rbac.scope=cluster",
+                "--set", "admissionPolicy.enabled=false", "--kube-version", self.version(),
+            ],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if rendered.returncode != 0:
+            raise ControlPlaneError(f"helm template of the chart's RBAC failed: {rendered.stderr.strip()}")
+        objects = {obj["kind"]: obj for obj in yaml.safe_load_all(rendered.stdout) if obj}
+        role, binding = objects["ClusterRole"], objects["ClusterRoleBinding"]
+        binding["subjects"] = [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": OPERATOR_USER}]
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([role, binding]))
+        # RBAC reaches the authorizer through informers: wait until every rule is in force.
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    kind, _, subresource = resource.partition("/")
+                    check = ["auth", "can-i", rule["verbs"][0], f"{kind}.{group}".rstrip("."), "--all-namespaces"]
+                    check += [f"--as={OPERATOR_USER}"] + ([f"--subresource={subresource}"] if subresource else [])
+                    processes.wait_until(
+                        lambda check=check: self.kubectl(*check, check=False).stdout.strip() == "yes",
+                        timeout=timeout,
+                        interval=0.2,
+                        what=f"{OPERATOR_USER} to be granted {' '.join(check[2:4])}",
+                    )
+
     def version(self) -> str:
         """The API server's gitVersion, such as ``v1.35.4``."""
         return str(json.loads(self._get("/version"))["gitVersion"])
@@ -186,7 +225,8 @@ class LocalCluster:
             subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
         (self.workdir / "tokens.csv").write_text(
             f"{self.token},admin,admin,system:masters\n"
-            f"{self.operator_token},{OPERATOR_USER},{OPERATOR_USER},system:masters\n"
+            # No groups: the operator may do only what grant_operator_chart_rbac binds it to.
+            f"{self.operator_token},{OPERATOR_USER},{OPERATOR_USER}\n"
         )
 
     def _start_etcd(self) -> None:

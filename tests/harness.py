@@ -88,6 +88,24 @@ class Cluster:
                 )
         return writes
 
+    def service_account_kubeconfig(self, namespace: str, name: str, path: pathlib.Path) -> pathlib.Path:
+        """A kubeconfig that authenticates as ServiceAccount ``namespace/name`` (a TokenRequest token)."""
+        token = self.kubectl("create", "token", name, "-n", namespace, "--duration=1h").stdout.strip()
+        assert token.count(".") == 2, "expected a JWT from the TokenRequest API"
+        user = f"system:serviceaccount:{namespace}:{name}"
+        if self.local is not None:
+            return self.local.write_kubeconfig(path, user, token)
+        # An existing cluster (AGENTRUN_TEST_KUBECONFIG): its server and CA, this token.
+        config = json.loads(self.kubectl("config", "view", "--minify", "--raw", "-o", "json").stdout)
+        config["users"] = [{"name": user, "user": {"token": token}}]
+        config["contexts"][0]["context"]["user"] = user
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def as_user(self, kubeconfig: pathlib.Path) -> Cluster:
+        """This cluster, driven with ``kubeconfig`` (another user) instead of the admin's."""
+        return dataclasses.replace(self, kubeconfig=kubeconfig)
+
     def env(self, **extra: str) -> dict[str, str]:
         """Environment for child processes: this cluster's kubeconfig, our tools first on PATH."""
         path = os.pathsep.join([str(AGENTRUN.parent), str(self.kubectl_bin.parent), os.environ.get("PATH", "")])

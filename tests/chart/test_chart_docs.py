@@ -115,3 +115,11 @@ def test_notes_show_a_first_run_and_how_to_follow_it() -> None:
     assert "type: model.echo" in notes
     assert "kubectl agentrun events hello -n {{ $ns }} --follow" in notes
     assert "kubectl wait --for=condition=Succeeded ar/hello" in notes
+
+
+def test_notes_state_what_the_admission_policy_guarantees() -> None:
+    notes = (values_doc.CHART / "templates" / "NOTES.txt").read_text()
+    enabled, disabled = notes.split("{{- if .Values.admissionPolicy.enabled }}", 1)[1].split("{{- else }}", 1)
+    assert "A run may reference only Secrets that its creator may get" in enabled
+    assert "admissionPolicy.enabled is false" in disabled
+    assert "read any Secret there" in disabled.split("{{- end }}", 1)[0]

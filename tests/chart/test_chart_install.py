@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import yaml
 
 import fake_llm
 import harness
@@ -30,6 +29,7 @@ pytestmark = pytest.mark.chart
 
 RELEASE = "agentrun-operator"
 CRD = "agentruns.agentrun.dev"
+POLICY = f"{RELEASE}-secret-references"
 API_KEY = "sk-chart-test-9c8b7a"
 
 
@@ -93,22 +93,6 @@ def release(cluster: harness.Cluster, helm: helmchart.Helm) -> Iterator[Release]
             cluster.kubectl("delete", "namespace", created, "--wait=false", check=False)
 
 
-def service_account_kubeconfig(cluster: harness.Cluster, release: Release, path: pathlib.Path) -> pathlib.Path:
-    """A kubeconfig that authenticates as the release's ServiceAccount (a TokenRequest token)."""
-    token = cluster.kubectl(
-        "create", "token", release.service_account, "-n", release.namespace, "--duration=1h"
-    ).stdout.strip()
-    assert token.count(".") == 2, "expected a JWT from the TokenRequest API"
-    if cluster.local is not None:
-        return cluster.local.write_kubeconfig(path, release.user, token)
-    # An existing cluster (AGENTRUN_TEST_KUBECONFIG): its server and CA, this token.
-    config = json.loads(cluster.kubectl("config", "view", "--minify", "--raw", "-o", "json").stdout)
-    config["users"] = [{"name": release.user, "user": {"token": token}}]
-    config["contexts"][0]["context"]["user"] = release.user
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def chart_settings(cluster: harness.Cluster, release: Release) -> tuple[list[str], dict[str, str]]:
     """Watched namespaces and AGENTRUN_* settings, read from the installed Deployment."""
     deployment = cluster.get("deployment", RELEASE, release.namespace)
@@ -132,7 +116,9 @@ def operator_as_release(
     def start(**overrides: Any) -> harness.OperatorProcess:
         namespaces, settings = chart_settings(cluster, release)
         process = harness.OperatorProcess(cluster, namespaces, tmp_path, **{**settings, **overrides})
-        kubeconfig = service_account_kubeconfig(cluster, release, tmp_path / f"sa-{len(started)}.kubeconfig")
+        kubeconfig = cluster.service_account_kubeconfig(
+            release.namespace, release.service_account, tmp_path / f"sa-{len(started)}.kubeconfig"
+        )
         process.env["KUBECONFIG"] = str(kubeconfig)
         started.append(process)
         return process.start()
@@ -193,6 +179,12 @@ def test_install_creates_namespaced_rbac_and_adopts_the_crd(cluster: harness.Clu
     assert annotations["helm.sh/resource-policy"] == "keep"
     assert annotations["meta.helm.sh/release-name"] == RELEASE
     assert {c["type"]: c["status"] for c in crd["status"]["conditions"]}["Established"] == "True"
+    # The admission policy guards exactly the watched namespaces.
+    assert cluster.get("validatingadmissionpolicy", POLICY, "") is not None
+    policy_binding = cluster.get("validatingadmissionpolicybinding", POLICY, "")
+    assert policy_binding is not None
+    [selector] = policy_binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"]
+    assert sorted(selector["values"]) == sorted([release.runs, release.denied])
     # The install notes show a first run in a watched namespace and how to follow it.
     assert f"kubectl agentrun events hello -n {release.runs} --follow" in release.install_output
     assert f"kubectl wait --for=condition=Succeeded ar/hello -n {release.runs}" in release.install_output
@@ -406,5 +398,7 @@ def test_uninstall_keeps_the_crd_and_the_runs(cluster: harness.Cluster, helm: he
         ("service", f"{RELEASE}-metrics", release.namespace),
         ("role", RELEASE, release.runs),
         ("rolebinding", RELEASE, release.denied),
+        ("validatingadmissionpolicy", POLICY, ""),
+        ("validatingadmissionpolicybinding", POLICY, ""),
     ):
         assert cluster.get(kind, name, namespace) is None, f"{kind}/{name} survived helm uninstall"

@@ -47,6 +47,8 @@ def test_default_render_is_cluster_scoped(helm: helmchart.Helm) -> None:
         "Deployment",
         "Service",
         "ServiceAccount",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
     ]
     binding = helmchart.one(objects, "ClusterRoleBinding")
     assert binding["roleRef"] == {
@@ -263,6 +265,8 @@ def test_crd_toggles(helm: helmchart.Helm) -> None:
         ({"resources": {"limits": {"gpu": 1}}}, "gpu"),
         ({"resources": {"requests": {"memory": "lots"}}}, "/resources/requests/memory"),
         ({"crds": {"install": "yes"}}, "/crds/install"),
+        ({"admissionPolicy": {"enabled": "yes"}}, "/admissionPolicy/enabled"),
+        ({"admissionPolicy": {"mode": "Warn"}}, "'mode' not allowed"),
         ({"extraEnv": [{"name": "AGENTRUN_NAMESPACES", "value": "x"}]}, "/extraEnv/0/name"),
         ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor/interval"),
     ],
@@ -382,3 +386,81 @@ def test_rendered_objects_pass_the_real_api_server_and_the_restricted_pod_securi
     )
     assert created.returncode == 0, created.stderr
     assert "violate" not in created.stderr
+
+
+# --- the admission policy against the confused deputy --------------------------------------
+
+SECRET_REFERENCES = ("apiKeySecretRef", "headersSecretRef", "sessionSnapshotRef")
+
+
+def admission_policy(objects: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    policy = helmchart.one(objects, "ValidatingAdmissionPolicy")
+    binding = helmchart.one(objects, "ValidatingAdmissionPolicyBinding")
+    return policy, binding
+
+
+def test_admission_policy_is_on_by_default_and_checks_every_secret_reference(helm: helmchart.Helm) -> None:
+    policy, binding = admission_policy(helm.render(release="agentrun-operator"))
+    assert policy["metadata"]["name"] == binding["spec"]["policyName"] == "agentrun-operator-secret-references"
+    assert policy["apiVersion"] == binding["apiVersion"] == "admissionregistration.k8s.io/v1"
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    [rule] = spec["matchConstraints"]["resourceRules"]
+    assert rule == {
+        "apiGroups": ["agentrun.dev"],
+        "apiVersions": ["*"],
+        "resources": ["agentruns"],
+        "operations": ["CREATE", "UPDATE"],
+    }
+    variables = {variable["name"]: variable["expression"] for variable in spec["variables"]}
+    for field in SECRET_REFERENCES:
+        assert field in variables["references"], field
+        assert field in variables["previousSecrets"], field
+    # One slot per index a reference can have: every layer (the CRD's maxItems) times the layer fields, plus spec's.
+    crd = yaml.safe_load(CHART_CRD.read_text())
+    max_layers = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "composition"
+    ]["properties"]["layers"]["maxItems"]
+    references = max_layers * 2 + 1
+    assert f"[{', '.join(str(i) for i in range(references))}]" in variables["secrets"]
+    checks = [v for v in spec["validations"] if "authorizer" in v["expression"]]
+    limits = [v for v in spec["validations"] if "authorizer" not in v["expression"]]
+    assert [limit["expression"] for limit in limits] == [
+        f"size(variables.referencedSecrets) <= {references}",
+        "size(variables.secrets) <= 16",
+    ]
+    assert len(checks) == 16
+    for slot, check in enumerate(checks):
+        # The API server charges 350000 of an expression's 1000000 cost units per check: one each.
+        assert check["expression"].count(".check(") == 1
+        assert f"variables.secrets[{slot}]" in check["expression"]
+        assert ".check('get').allowed()" in check["expression"]
+        assert f"variables.secrets[{slot}]" in check["messageExpression"]
+        assert check["reason"] == "Forbidden"
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert "matchResources" not in binding["spec"]  # watches every namespace, guards every namespace
+
+
+def test_admission_policy_guards_exactly_the_watched_namespaces(helm: helmchart.Helm) -> None:
+    _, binding = admission_policy(helm.render(NAMESPACED))
+    assert binding["spec"]["matchResources"] == {
+        "namespaceSelector": {
+            "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["a", "b"]}]
+        }
+    }
+
+
+def test_admission_policy_can_be_disabled(helm: helmchart.Helm) -> None:
+    objects = helm.render({"admissionPolicy": {"enabled": False}})
+    kinds = {obj["kind"] for obj in objects}
+    assert not {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} & kinds
+    assert "Deployment" in kinds
+
+
+def test_admission_policy_needs_kubernetes_1_30(helm: helmchart.Helm) -> None:
+    old = [arg if arg != helm.kube_version else "v1.29.9" for arg in helm.template_args(None, "ns", "agentrun")]
+    result = helm.run(*old, check=False)
+    assert result.returncode != 0
+    assert "admissionPolicy.enabled needs Kubernetes 1.30 or later" in result.stderr
+    disabled = [*old, "--set", "admissionPolicy.enabled=false"]
+    assert "kind: Deployment" in helm.run(*disabled).stdout

@@ -86,4 +86,7 @@ Checks across values that the schema cannot express. Included by the Deployment,
 {{- if eq (int .Values.operator.livenessPort) (int .Values.operator.metricsPort) }}
 {{- fail "operator.livenessPort and operator.metricsPort must differ" }}
 {{- end }}
+{{- if and .Values.admissionPolicy.enabled (semverCompare "<1.30.0-0" .Capabilities.KubeVersion.Version) }}
+{{- fail (printf "admissionPolicy.enabled needs Kubernetes 1.30 or later (ValidatingAdmissionPolicy v1), not %s; set it to false only if AgentRun creators may read every Secret in the watched namespaces anyway" .Capabilities.KubeVersion.Version) }}
+{{- end }}
 {{- end }}
