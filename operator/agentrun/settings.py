@@ -36,6 +36,7 @@ class Settings(pydantic_settings.BaseSettings):
         cli_prog_name="agentrun operator",
         cli_implicit_flags=True,
         extra="ignore",
+        env_ignore_empty=True,  # an empty variable means "unset" (the chart renders unset values so)
     )
 
     namespaces: Annotated[list[str], pydantic_settings.NoDecode] = pydantic.Field(

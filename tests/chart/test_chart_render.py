@@ -11,6 +11,7 @@ import yaml
 import harness
 import helmchart
 from agentrun import settings as settings_module
+from agentrun.api import models
 
 pytestmark = pytest.mark.chart
 
@@ -197,6 +198,10 @@ def test_custom_values_reach_the_operator(helm: helmchart.Helm, monkeypatch: pyt
             "logFormat": "text",
             "livenessPort": 8181,
             "metricsPort": 9191,
+            "defaultTimeoutSeconds": 120,
+            "apiRequestTimeoutSeconds": 10,
+            "ttlSecondsAfterFinished": 86400,
+            "maxLimits": {"maxTotalTokens": 50000, "maxToolCalls": 0},
         },
         "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
     }
@@ -213,6 +218,9 @@ def test_custom_values_reach_the_operator(helm: helmchart.Helm, monkeypatch: pyt
     assert (parsed.heartbeat_interval_seconds, parsed.heartbeat_timeout_seconds) == (5, 11)
     assert parsed.log_level == "DEBUG"
     assert parsed.log_format is settings_module.LogFormat.TEXT
+    assert (parsed.default_timeout_seconds, parsed.api_request_timeout_seconds) == (120, 10)
+    assert parsed.default_ttl_seconds_after_finished == 86400
+    assert parsed.max_limits == models.Limits(max_total_tokens=50000, max_tool_calls=0)
     assert (parsed.liveness_port, parsed.metrics_port) == (8181, 9191)
     ports = {port["name"]: port["containerPort"] for port in container(objects)["ports"]}
     assert ports == {"healthz": 8181, "metrics": 9191}

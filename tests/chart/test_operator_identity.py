@@ -68,7 +68,7 @@ def test_operator_identity_is_bound_to_exactly_the_chart_cluster_role(
         ("get", "secrets", True),
         ("create", "events", True),
         ("*", "*", False),
-        ("delete", "agentruns.agentrun.dev", False),
+        ("delete", "agentruns.agentrun.dev", True),
         ("create", "agentruns.agentrun.dev", False),
         ("list", "secrets", False),
         ("create", "pods", False),

@@ -5,11 +5,12 @@ operator process, kopf runs standalone (no peering objects), and the operator do
 discover CRDs or namespaces at run time. See README.md, "RBAC".
 */}}
 {{- define "agentrun-operator.rules" -}}
-# Watch AgentRuns (kopf list + watch), re-read one before a guarded write (get), and add or
-# remove the agentrun.dev/finalizer while a run is active (patch).
+# Watch AgentRuns (kopf list + watch), re-read one before a guarded write (get), add or
+# remove the agentrun.dev/finalizer while a run is active (patch), and delete finished runs
+# whose ttlSecondsAfterFinished has passed (delete, with a uid precondition).
 - apiGroups: ["agentrun.dev"]
   resources: ["agentruns"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 # Record phase, conditions, events and results: status is only ever written through the
 # status subresource, with a resourceVersion-guarded merge patch.
 - apiGroups: ["agentrun.dev"]
