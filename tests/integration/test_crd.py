@@ -132,6 +132,6 @@ def test_printer_columns(cluster: harness.Cluster, namespace: str) -> None:
     header = cluster.kubectl("get", "ar", "-n", namespace).stdout.splitlines()[0].split()
     assert header == ["NAME", "PHASE", "REASON", "SUCCEEDED", "AGE"]
     wide = cluster.kubectl("get", "ar", "-n", namespace, "-o", "wide").stdout.splitlines()[0].split()
-    assert wide == ["NAME", "PHASE", "REASON", "SUCCEEDED", "MODE", "MESSAGE", "AGE"]
+    assert wide == ["NAME", "PHASE", "REASON", "SUCCEEDED", "ATTEMPT", "MODE", "MESSAGE", "AGE"]
     listed = cluster.kubectl("get", "agents", "-n", namespace, "-o", "name").stdout.split()
     assert listed == ["agentrun.agentrun.dev/valid"]
