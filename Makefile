@@ -31,8 +31,8 @@ lint: venv
 	$(BIN)/ruff format --check operator tests hack bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/agentrun crd --check crds/agentrun.dev_agentruns.yaml
-	$(BIN)/agentrun crd --check charts/agentrun-operator/files/agentrun.dev_agentruns.yaml
+	$(BIN)/agentrun crd --check crds
+	$(BIN)/agentrun crd --check charts/agentrun-operator/files
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
@@ -46,10 +46,10 @@ chart: venv controlplane
 test: venv controlplane lint
 	$(BIN)/python -m pytest -ra tests $(PYTEST_ARGS)
 
-# The chart ships the same generated file; a chart test fails if the copies differ.
+# The chart ships the same generated files; a chart test fails if the copies differ.
 crds: venv
-	$(BIN)/agentrun crd --output crds/agentrun.dev_agentruns.yaml
-	cp crds/agentrun.dev_agentruns.yaml charts/agentrun-operator/files/agentrun.dev_agentruns.yaml
+	$(BIN)/agentrun crd --output crds
+	$(BIN)/agentrun crd --output charts/agentrun-operator/files
 
 # The chart README's configuration table is generated from values.yaml; a chart test checks it.
 chart-docs: venv

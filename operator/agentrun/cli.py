@@ -42,10 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"agentrun {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("operator", help="run the operator (see 'agentrun operator --help')", add_help=False)
-    crd_parser = commands.add_parser("crd", help="print, write or check the AgentRun CRD")
+    crd_parser = commands.add_parser("crd", help="print, write or check the CRDs (AgentRun, Agent)")
     crd_mode = crd_parser.add_mutually_exclusive_group()
-    crd_mode.add_argument("--output", "-o", type=pathlib.Path, help="write the CRD to this file")
-    crd_mode.add_argument("--check", type=pathlib.Path, metavar="FILE", help="exit 1 if FILE differs from the models")
+    crd_mode.add_argument(
+        "--output", "-o", type=pathlib.Path, metavar="DIR", help="write one file per CRD into this directory"
+    )
+    crd_mode.add_argument(
+        "--check", type=pathlib.Path, metavar="DIR", help="exit 1 if a CRD file in DIR differs from the models"
+    )
     events_parser = commands.add_parser(
         "events",
         help="print a run's events",
@@ -98,17 +102,23 @@ def run_operator(argv: Sequence[str]) -> int:
 
 
 def _crd(output: pathlib.Path | None, check: pathlib.Path | None) -> int:
-    text = crd.render()
+    rendered = {pathlib.Path(kind.file).name: crd.render(kind) for kind in crd.kinds()}
     if check is not None:
-        if check.read_text() != text:
-            print(f"{check} is out of date: run 'make crds'", file=sys.stderr)
-            return 1
-        return 0
+        stale = [name for name, text in rendered.items() if _read(check / name) != text]
+        for name in stale:
+            print(f"{check / name} is out of date: run 'make crds'", file=sys.stderr)
+        return 1 if stale else 0
     if output is not None:
-        output.write_text(text)
+        output.mkdir(parents=True, exist_ok=True)
+        for name, text in rendered.items():
+            (output / name).write_text(text)
         return 0
-    sys.stdout.write(text)
+    sys.stdout.write("---\n".join(rendered.values()))
     return 0
+
+
+def _read(path: pathlib.Path) -> str | None:
+    return path.read_text() if path.is_file() else None
 
 
 def _detail(event: dict[str, Any]) -> str:

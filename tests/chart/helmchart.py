@@ -16,6 +16,7 @@ CHART = harness.ROOT / "charts" / "agentrun-operator"
 # Exactly the API calls the operator makes (agentrun.kube.store and kopf's watch), nothing more.
 EXPECTED_RULES = [
     {"apiGroups": ["agentrun.dev"], "resources": ["agentruns"], "verbs": ["get", "list", "watch", "patch", "delete"]},
+    {"apiGroups": ["agentrun.dev"], "resources": ["agents"], "verbs": ["get"]},
     {"apiGroups": ["agentrun.dev"], "resources": ["agentruns/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.chart
 
 RELEASE = "agentrun-operator"
 CRD = "agentruns.agentrun.dev"
+CRDS = (CRD, "agents.agentrun.dev")
 POLICY = f"{RELEASE}-secret-references"
 API_KEY = "sk-chart-test-9c8b7a"
 
@@ -53,12 +54,12 @@ def release(cluster: harness.Cluster, helm: helmchart.Helm) -> Iterator[Release]
     namespace, runs, denied = (f"{stem}-{suffix}" for stem in ("agentrun-system", "chart-runs", "chart-denied"))
     for watched in (runs, denied):
         cluster.kubectl("create", "namespace", watched)
-    # Hand the CRD that the session applied over to this release, as the README tells users to.
-    cluster.kubectl("label", "crd", CRD, "app.kubernetes.io/managed-by=Helm", "--overwrite")
+    # Hand the CRDs that the session applied over to this release, as the README tells users to.
+    cluster.kubectl("label", "crd", *CRDS, "app.kubernetes.io/managed-by=Helm", "--overwrite")
     cluster.kubectl(
         "annotate",
         "crd",
-        CRD,
+        *CRDS,
         f"meta.helm.sh/release-name={RELEASE}",
         f"meta.helm.sh/release-namespace={namespace}",
         "--overwrite",
@@ -88,7 +89,7 @@ def release(cluster: harness.Cluster, helm: helmchart.Helm) -> Iterator[Release]
             helm.run("uninstall", RELEASE, "--namespace", namespace, "--wait", check=False)
         # Whatever happened here, later tests of the session need the CRD.
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(harness.ROOT / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", CRD)
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", *CRDS)
         for created in (namespace, runs, denied):
             cluster.kubectl("delete", "namespace", created, "--wait=false", check=False)
 

@@ -15,7 +15,7 @@ from agentrun.api import models
 
 pytestmark = pytest.mark.chart
 
-GENERATED_CRD = harness.ROOT / "crds" / "agentrun.dev_agentruns.yaml"
+GENERATED_CRDS = sorted((harness.ROOT / "crds").glob("agentrun.dev_*.yaml"))
 CHART_CRD = helmchart.CHART / "files" / "agentrun.dev_agentruns.yaml"
 NAMESPACED = {"rbac": {"scope": "namespaced"}, "watchNamespaces": ["a", "b"]}
 
@@ -227,25 +227,31 @@ def test_custom_values_reach_the_operator(helm: helmchart.Helm, monkeypatch: pyt
     assert helmchart.one(objects, "Deployment")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 15
 
 
-def test_chart_crd_file_is_the_generated_crd() -> None:
-    assert CHART_CRD.read_bytes() == GENERATED_CRD.read_bytes(), "run `make crds` (it writes both files)"
+def test_chart_crd_files_are_the_generated_crds() -> None:
+    chart_files = sorted((helmchart.CHART / "files").glob("agentrun.dev_*.yaml"))
+    assert [path.name for path in chart_files] == [path.name for path in GENERATED_CRDS]
+    for generated, shipped in zip(GENERATED_CRDS, chart_files, strict=True):
+        assert shipped.read_bytes() == generated.read_bytes(), "run `make crds` (it writes both copies)"
 
 
-def test_rendered_crd_is_the_generated_one_plus_labels_and_keep(helm: helmchart.Helm) -> None:
-    rendered = helmchart.one(helm.render(), "CustomResourceDefinition")
-    generated = yaml.safe_load(GENERATED_CRD.read_text())
-    metadata = rendered["metadata"]
-    assert metadata.pop("annotations") == {"helm.sh/resource-policy": "keep"}
-    labels = metadata.pop("labels")
-    assert labels["app.kubernetes.io/managed-by"] == "Helm"
-    assert labels["app.kubernetes.io/name"] == "agentrun-operator"
-    assert rendered == generated
+def test_rendered_crds_are_the_generated_ones_plus_labels_and_keep(helm: helmchart.Helm) -> None:
+    rendered = {crd["metadata"]["name"]: crd for crd in helmchart.by_kind(helm.render(), "CustomResourceDefinition")}
+    generated = [yaml.safe_load(path.read_text()) for path in GENERATED_CRDS]
+    assert sorted(rendered) == sorted(crd["metadata"]["name"] for crd in generated)
+    for expected in generated:
+        crd = rendered[expected["metadata"]["name"]]
+        metadata = crd["metadata"]
+        assert metadata.pop("annotations") == {"helm.sh/resource-policy": "keep"}
+        labels = metadata.pop("labels")
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["app.kubernetes.io/name"] == "agentrun-operator"
+        assert crd == expected
 
 
 def test_crd_toggles(helm: helmchart.Helm) -> None:
     assert not helmchart.by_kind(helm.render({"crds": {"install": False}}), "CustomResourceDefinition")
-    crd = helmchart.one(helm.render({"crds": {"keep": False}}), "CustomResourceDefinition")
-    assert "helm.sh/resource-policy" not in (crd["metadata"].get("annotations") or {})
+    for crd in helmchart.by_kind(helm.render({"crds": {"keep": False}}), "CustomResourceDefinition"):
+        assert "helm.sh/resource-policy" not in (crd["metadata"].get("annotations") or {})
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ def test_crd_is_established(cluster: harness.Cluster) -> None:
     assert conditions["Established"] == "True"
     assert conditions["NamesAccepted"] == "True"
     assert crd["status"]["acceptedNames"]["shortNames"] == ["ar"]
-    assert crd["status"]["acceptedNames"]["categories"] == ["agents"]
+    assert crd["status"]["acceptedNames"]["categories"] == ["agentrun-all"]
 
 
 def test_kubectl_explain_shows_model_descriptions(cluster: harness.Cluster) -> None:
@@ -133,5 +133,5 @@ def test_printer_columns(cluster: harness.Cluster, namespace: str) -> None:
     assert header == ["NAME", "PHASE", "REASON", "SUCCEEDED", "AGE"]
     wide = cluster.kubectl("get", "ar", "-n", namespace, "-o", "wide").stdout.splitlines()[0].split()
     assert wide == ["NAME", "PHASE", "REASON", "SUCCEEDED", "ATTEMPT", "MODE", "MESSAGE", "AGE"]
-    listed = cluster.kubectl("get", "agents", "-n", namespace, "-o", "name").stdout.split()
+    listed = cluster.kubectl("get", "agentrun-all", "-n", namespace, "-o", "name").stdout.split()
     assert listed == ["agentrun.agentrun.dev/valid"]

@@ -104,6 +104,7 @@ class FakeRunStore:
         self.events: list[tuple[str, str, str]] = []
         self.payloads: dict[str, str] = {}
         self.secrets: dict[tuple[str, str, str], str] = {}
+        self.agents: dict[tuple[str, str], ports.AgentObject] = {}
         self.reads = 0
 
     # --- what tests do to the store ---------------------------------------------------
@@ -211,6 +212,18 @@ class FakeRunStore:
         if body is None:
             raise ports.NotFound(f"AgentRun {ref} not found")
         return ports.RunObject.from_body(copy.deepcopy(body))
+
+    def put_agent(self, name: str, spec: dict[str, Any], *, generation: int = 1, namespace: str = NAMESPACE) -> None:
+        """Create or edit an Agent."""
+        parsed = models.AgentSpec.model_validate(spec)
+        self.agents[namespace, name] = ports.AgentObject(name, f"agent-uid-{name}", generation, parsed)
+
+    async def get_agent(self, namespace: str, name: str) -> ports.AgentObject:
+        await asyncio.sleep(0)
+        agent = self.agents.get((namespace, name))
+        if agent is None:
+            raise ports.NotFound(f"Agent {namespace}/{name} not found")
+        return agent
 
     async def list_running(self) -> list[ports.RunObject]:
         await asyncio.sleep(0)
@@ -384,7 +397,8 @@ class ScriptedRunner:
         if script.fail_first:
             raise script.fail_first.pop(0)
         self.finished.append(name)
-        layers = run.spec.composition.layers if run.spec else []
+        spec = run.effective_spec
+        layers = spec.composition.layers if spec and spec.composition else []
         return compositor.CompositionResult(
             output=script.output,
             usage=models.Usage(requests=1, input_tokens=3, output_tokens=2),

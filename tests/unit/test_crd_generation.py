@@ -1,4 +1,4 @@
-"""The CRD generated from the models: committed copy, descriptions, names and columns.
+"""The CRDs generated from the models: committed copies, descriptions, names and columns.
 
 Named apart from tests/integration/test_crd.py: test modules share one namespace.
 """
@@ -19,9 +19,13 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 UNDESCRIBED_TOP_LEVEL = {"metadata"}  # the API server's own ObjectMeta, never ours to document
 
 
+KINDS = {kind.plural: kind for kind in crd.kinds()}
+AGENT_RUN = KINDS["agentruns"]
+
+
 @pytest.fixture(scope="module")
 def manifest() -> dict[str, Any]:
-    return crd.custom_resource_definition()
+    return crd.custom_resource_definition(AGENT_RUN)
 
 
 @pytest.fixture(scope="module")
@@ -30,15 +34,28 @@ def version(manifest: dict[str, Any]) -> dict[str, Any]:
     return served
 
 
-def test_committed_crd_matches_the_models() -> None:
-    committed = (REPO / crd.CRD_FILE).read_text()
-    assert committed == crd.render(), f"{crd.CRD_FILE} is out of date with api/models.py: run 'make crds'"
+def served_version(kind: crd.Kind) -> dict[str, Any]:
+    [served] = crd.custom_resource_definition(kind)["spec"]["versions"]
+    return dict(served)
 
 
-def test_rendered_crd_is_yaml_of_the_manifest(manifest: dict[str, Any]) -> None:
-    rendered = crd.render()
+@pytest.mark.parametrize("kind", crd.kinds(), ids=lambda kind: kind.plural)
+def test_committed_crds_match_the_models(kind: crd.Kind) -> None:
+    committed = (REPO / kind.file).read_text()
+    assert committed == crd.render(kind), f"{kind.file} is out of date with api/models.py: run 'make crds'"
+
+
+def test_no_stray_crd_files() -> None:
+    assert sorted(path.name for path in (REPO / crd.CRD_DIR).glob("*.yaml")) == sorted(
+        pathlib.Path(kind.file).name for kind in crd.kinds()
+    )
+
+
+@pytest.mark.parametrize("kind", crd.kinds(), ids=lambda kind: kind.plural)
+def test_rendered_crd_is_yaml_of_the_manifest(kind: crd.Kind) -> None:
+    rendered = crd.render(kind)
     assert rendered.startswith(crd.GENERATED_HEADER)
-    assert yaml.safe_load(rendered) == manifest
+    assert yaml.safe_load(rendered) == crd.custom_resource_definition(kind)
 
 
 def _forbidden_keys(node: dict[str, Any]) -> set[str]:
@@ -58,8 +75,9 @@ def _properties(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str
         yield from _properties(node["items"], f"{path}[]")
 
 
-def test_every_property_is_described(version: dict[str, Any]) -> None:
-    root = version["schema"]["openAPIV3Schema"]
+@pytest.mark.parametrize("kind", crd.kinds(), ids=lambda kind: kind.plural)
+def test_every_property_is_described(kind: crd.Kind) -> None:
+    root = served_version(kind)["schema"]["openAPIV3Schema"]
     assert root.get("description")
     missing = [
         path
@@ -77,7 +95,10 @@ def test_walk_sees_the_deep_and_the_exempt_nodes(version: dict[str, Any]) -> Non
     assert len(paths) > 50
 
 
-def test_every_node_is_structural(version: dict[str, Any]) -> None:
+@pytest.mark.parametrize("kind", crd.kinds(), ids=lambda kind: kind.plural)
+def test_every_node_is_structural(kind: crd.Kind) -> None:
+    version = served_version(kind)
+
     def nodes(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
         yield path, node
         for key, child in node.get("properties", {}).items():
@@ -104,7 +125,17 @@ def test_names_short_name_and_category(manifest: dict[str, Any]) -> None:
     names = manifest["spec"]["names"]
     assert (names["kind"], names["plural"], names["singular"]) == ("AgentRun", "agentruns", "agentrun")
     assert names["shortNames"] == ["ar"]
-    assert names["categories"] == ["agents"]
+    assert names["categories"] == [models.CATEGORY]
+
+
+def test_one_category_lists_every_kind_and_collides_with_no_name() -> None:
+    taken = set()
+    for kind in crd.kinds():
+        names = crd.custom_resource_definition(kind)["spec"]["names"]
+        assert names["categories"] == [models.CATEGORY]
+        taken |= {names["plural"], names["singular"], *names.get("shortNames", [])}
+    assert models.CATEGORY not in taken
+    assert "agents" in taken  # the Agent kind's plural, not a category
 
 
 def test_status_subresource_and_single_storage_version(version: dict[str, Any]) -> None:
@@ -124,8 +155,9 @@ def test_printer_columns_include_phase_reason_and_age(version: dict[str, Any]) -
 
 def test_spec_defaults_and_required(version: dict[str, Any]) -> None:
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    assert spec["required"] == ["composition"]
-    assert spec["properties"]["runner"]["default"] == {}
+    assert "required" not in spec  # composition, or agentRef: a CEL rule says which
+    assert "has(self.composition) || has(self.agentRef)" in [rule["rule"] for rule in spec[schema_hints.VALIDATIONS]]
+    assert "default" not in spec["properties"]["runner"]  # an Agent's default may apply
     assert spec["properties"]["runner"]["properties"]["mode"]["default"] == "task"
     assert spec["properties"]["sessionExit"]["enum"] == ["suspend", "close"]
     assert spec["properties"]["sessionSnapshot"]["nullable"] is True

@@ -58,7 +58,7 @@ def test_design_example_parses(example: dict[str, Any]) -> None:
     assert spec.composition.layers[0].config["apiKeySecretRef"] == {"name": "llm-credentials", "key": "api-key"}
     assert spec.session_snapshot is None
     assert spec.session_exit is models.SessionExit.SUSPEND
-    assert spec.runner.mode is models.RunnerMode.TASK
+    assert spec.mode is models.RunnerMode.TASK
     assert spec.timeout_seconds == 600
     assert run.metadata["name"] == "summarize-incident"
     assert run.status == models.AgentRunStatus()
@@ -96,7 +96,6 @@ def test_status_round_trips_with_utc_timestamps() -> None:
     ("mutate", "where"),
     [
         pytest.param(lambda spec: spec.update(unknownField=1), "unknownField", id="unknown-spec-field"),
-        pytest.param(lambda spec: spec.pop("composition"), "composition", id="missing-composition"),
         pytest.param(lambda spec: spec["composition"].update(layers=[]), "layers", id="no-layers"),
         pytest.param(
             lambda spec: spec["composition"]["layers"][0].update(name="LLM_Model"), "name", id="layer-name-pattern"
@@ -163,3 +162,60 @@ def test_reasons_of_the_design_exist() -> None:
         "PodFailed",
     }
     assert design <= {reason.value for reason in models.Reason}
+
+
+AGENT = models.AgentSpec.model_validate(
+    {
+        "description": "SRE helper",
+        "composition": {
+            "layers": [
+                {"name": "llm", "type": "model.echo"},
+                {"name": "system", "type": "plain.prompt", "config": {"prefix": "Be brief."}},
+                {"name": "output", "type": "agentrun.output", "config": {"jsonSchema": {"type": "object"}}},
+            ]
+        },
+        "defaults": {"timeoutSeconds": 60, "retry": {"limit": 2}, "runner": {"mode": "task"}},
+    }
+)
+
+
+def test_a_run_overrides_an_agents_layers_by_name_and_adds_its_own() -> None:
+    spec = models.AgentRunSpec.model_validate(
+        {
+            "agentRef": {"name": "sre"},
+            "composition": {
+                "layers": [
+                    {"name": "system", "type": "plain.prompt", "config": {"prefix": "Be very brief."}},
+                    {"name": "prompt", "type": "plain.prompt", "config": {"user": "hi"}},
+                ]
+            },
+        }
+    )
+    resolved = models.resolve(spec, AGENT)
+    assert resolved.composition is not None
+    layers = [(layer.name, layer.config) for layer in resolved.composition.layers]
+    assert layers == [
+        ("llm", {}),
+        ("system", {"prefix": "Be very brief."}),  # replaced whole, in the Agent's order
+        ("output", {"jsonSchema": {"type": "object"}}),
+        ("prompt", {"user": "hi"}),  # added after the Agent's layers
+    ]
+    assert resolved.timeout_seconds == 60
+    assert resolved.retry is not None
+    assert resolved.retry.limit == 2
+
+
+def test_settings_the_run_sets_win_over_the_agents_defaults() -> None:
+    spec = models.AgentRunSpec.model_validate(
+        {"agentRef": {"name": "sre"}, "timeoutSeconds": 5, "retry": {"limit": 0}, "ttlSecondsAfterFinished": 0}
+    )
+    resolved = models.resolve(spec, AGENT)
+    assert resolved.timeout_seconds == 5
+    assert resolved.retry is not None
+    assert resolved.retry.limit == 0
+    assert resolved.ttl_seconds_after_finished == 0
+
+
+def test_without_an_agent_the_spec_is_unchanged() -> None:
+    spec = models.AgentRunSpec.model_validate({"composition": {"layers": [{"name": "llm", "type": "model.echo"}]}})
+    assert models.resolve(spec, None) is spec

@@ -1097,3 +1097,66 @@ def test_the_operators_ceiling_caps_every_runs_budgets(
         return None if wire is None else models.Limits.model_validate(wire)
 
     assert runner.effective_limits(limits(asked), limits(ceiling)) == limits(effective)
+
+
+# --- agents ----------------------------------------------------------------------------------
+
+AGENT_SPEC = {
+    "description": "echoes",
+    "composition": {
+        "layers": [
+            {"name": "llm", "type": "model.echo"},
+            {"name": "prompt", "type": "plain.prompt", "config": {"user": "from the agent"}},
+        ]
+    },
+    "defaults": {"timeoutSeconds": 120},
+}
+
+
+async def test_a_run_records_the_agent_it_was_admitted_with(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, task_runner: runner.TaskRunner
+) -> None:
+    run_store.put_agent("echoer", AGENT_SPEC, generation=3)
+    await make_reconciler(task_runner, **QUIET).recover()
+    overrides = {"layers": [{"name": "prompt", "type": "plain.prompt", "config": {"user": "from the run"}}]}
+    run_store.add("a", {"agentRef": {"name": "echoer"}, "composition": overrides})
+
+    status = await finished(run_store, "a")
+
+    assert (status.phase, status.output) == (models.Phase.SUCCEEDED, "echo: from the run")
+    assert status.agent is not None
+    assert (status.agent.name, status.agent.generation) == ("echoer", 3)
+    assert status.agent.spec.defaults.timeout_seconds == 120
+
+
+async def test_an_agent_edited_during_a_run_changes_nothing_for_it(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    run_store.put_agent("echoer", AGENT_SPEC, generation=1)
+    sched = await started(make_reconciler, **QUIET)
+    scripted_runner.scripts["a"] = fakes.Script(fail_first=[unavailable_model()])
+    run_store.add("a", {"agentRef": {"name": "echoer"}, "retry": {"limit": 1, "backoffSeconds": 0.1}})
+    await fakes.eventually(lambda: run_store.object("a").status.reason == "RetryBackoff", what="the backoff")
+    edited = {**AGENT_SPEC, "defaults": {"timeoutSeconds": 1}}
+    run_store.put_agent("echoer", edited, generation=2)
+
+    status = await finished(run_store, "a")
+    await sched.settle()
+
+    assert status.phase is models.Phase.SUCCEEDED
+    assert status.agent is not None
+    assert status.agent.generation == 1  # the second attempt ran the Agent as admitted
+    assert len(status.attempts) == 2
+
+
+async def test_a_missing_agent_fails_the_run_with_a_clear_message(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, task_runner: runner.TaskRunner
+) -> None:
+    await make_reconciler(task_runner, **QUIET).recover()
+    run_store.add("a", {"agentRef": {"name": "nobody"}})
+
+    status = await finished(run_store, "a")
+
+    assert (status.phase, status.reason) == (models.Phase.FAILED, "InvalidRequest")
+    assert status.message is not None
+    assert status.message.startswith("Agent 'nobody' was not found in namespace 'ns'")

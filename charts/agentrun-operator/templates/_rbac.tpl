@@ -11,6 +11,10 @@ discover CRDs or namespaces at run time. See README.md, "RBAC".
 - apiGroups: ["agentrun.dev"]
   resources: ["agentruns"]
   verbs: ["get", "list", "watch", "patch", "delete"]
+# Read the Agent a run names, once, when the run is admitted (get by name only).
+- apiGroups: ["agentrun.dev"]
+  resources: ["agents"]
+  verbs: ["get"]
 # Record phase, conditions, events and results: status is only ever written through the
 # status subresource, with a resourceVersion-guarded merge patch.
 - apiGroups: ["agentrun.dev"]

@@ -23,7 +23,11 @@ KIND = "AgentRun"
 PLURAL = "agentruns"
 SINGULAR = "agentrun"
 SHORT_NAMES = ("ar",)
-CATEGORIES = ("agents",)
+AGENT_KIND = "Agent"
+AGENT_PLURAL = "agents"
+AGENT_SINGULAR = "agent"
+CATEGORY = "agentrun-all"
+"""One category lists every agentrun.dev kind (`kubectl get agentrun-all`); it is no kind's name."""
 
 FINALIZER = f"{GROUP}/finalizer"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -240,10 +244,27 @@ class RunnerSpec(ApiModel):
     )
 
 
+class AgentRef(ApiModel):
+    """An Agent in the run's namespace."""
+
+    name: str = pydantic.Field(description="Name of the Agent.", min_length=1, max_length=253)
+
+
 class AgentRunSpec(ApiModel):
     """The desired agent run. The operator never changes the spec."""
 
-    composition: Composition = pydantic.Field(description="The layers that make up the agent.")
+    agent_ref: AgentRef | None = pydantic.Field(
+        None,
+        description=(
+            "Run a reusable Agent defined in the same namespace. `composition` then overrides the "
+            "Agent's layers by name: a layer with the name of one of the Agent's replaces it whole, "
+            "others are added after the Agent's. The Agent's defaults apply where the run sets nothing."
+        ),
+    )
+    composition: Composition | None = pydantic.Field(
+        None,
+        description="The layers that make up the agent; with `agentRef`, the layers that override or extend it.",
+    )
     session_snapshot: SessionSnapshot | None = pydantic.Field(
         None,
         description="Continue a previous run's session: pass that run's `status.sessionSnapshot`.",
@@ -262,10 +283,8 @@ class AgentRunSpec(ApiModel):
             "`close` ends the session so no run can continue it."
         ),
     )
-    runner: RunnerSpec = pydantic.Field(
-        default_factory=RunnerSpec,
-        description="Where and how the agent executes.",
-        json_schema_extra={"default": {}},  # lets the API server default runner.mode to task
+    runner: RunnerSpec | None = pydantic.Field(
+        None, description="Where and how the agent executes. Default: the Agent's default, else `task`."
     )
     timeout_seconds: int | None = pydantic.Field(
         None,
@@ -296,6 +315,80 @@ class AgentRunSpec(ApiModel):
             "a finished one is unchanged. The only field that may change after creation, and only "
             "from false to true."
         ),
+    )
+
+    @property
+    def mode(self) -> RunnerMode:
+        """Where the run executes: ``runner.mode``, or ``task``."""
+        return self.runner.mode if self.runner is not None else RunnerMode.TASK
+
+
+# --- Agent ------------------------------------------------------------------------
+
+
+class AgentDefaults(ApiModel):
+    """Run settings an Agent gives its runs where they set none."""
+
+    runner: RunnerSpec | None = pydantic.Field(None, description="Where and how runs of this Agent execute.")
+    timeout_seconds: int | None = pydantic.Field(
+        None, ge=1, le=7 * 24 * 3600, description="Wall-clock deadline of each run, from its admission."
+    )
+    limits: Limits | None = pydantic.Field(None, description="Token, request and tool-call budgets of each run.")
+    retry: RetrySpec | None = pydantic.Field(None, description="Retry policy of each run.")
+    ttl_seconds_after_finished: int | None = pydantic.Field(
+        None, ge=0, le=365 * 24 * 3600, description="Delete each run this long after it finished."
+    )
+
+
+class AgentSpec(ApiModel):
+    """A reusable agent definition: runs name it with `spec.agentRef`."""
+
+    description: str = pydantic.Field("", max_length=4096, description="What the agent is for, for people.")
+    composition: Composition = pydantic.Field(description="The layers that make up the agent.")
+    defaults: AgentDefaults = pydantic.Field(
+        default_factory=AgentDefaults,
+        description="Run settings applied to runs that set none.",
+        json_schema_extra={"default": {}},
+    )
+
+
+class Agent(ApiModel):
+    """A reusable agent, managed in Git; AgentRuns run it with `spec.agentRef`."""
+
+    model_config = pydantic.ConfigDict(extra="ignore")
+
+    api_version: Literal["agentrun.dev/v1alpha1"] = pydantic.Field("agentrun.dev/v1alpha1", description="API version.")
+    kind: Literal["Agent"] = pydantic.Field("Agent", description="Kind.")
+    metadata: dict[str, Any] = pydantic.Field(default_factory=dict, description="Standard object metadata.")
+    spec: AgentSpec = pydantic.Field(description="The agent.")
+
+
+def resolve(spec: AgentRunSpec, agent: AgentSpec | None) -> AgentRunSpec:
+    """The run's spec with the Agent it names applied: overrides by layer name, the Agent's defaults.
+
+    A run layer with the name of one of the Agent's layers replaces it whole (so a run can
+    never reuse an Agent's credentials with an endpoint of its own); other run layers follow
+    the Agent's. Settings the run leaves unset come from the Agent's defaults.
+    """
+    if agent is None:
+        return spec
+    overrides = {layer.name: layer for layer in (spec.composition.layers if spec.composition else [])}
+    layers = [overrides.pop(layer.name, layer) for layer in agent.composition.layers]
+    layers.extend(overrides.values())
+    defaults = agent.defaults
+    return spec.model_copy(
+        update={
+            "composition": Composition(layers=layers),
+            "runner": spec.runner or defaults.runner,
+            "timeout_seconds": spec.timeout_seconds or defaults.timeout_seconds,
+            "limits": spec.limits or defaults.limits,
+            "retry": spec.retry or defaults.retry,
+            "ttl_seconds_after_finished": (
+                spec.ttl_seconds_after_finished
+                if spec.ttl_seconds_after_finished is not None
+                else defaults.ttl_seconds_after_finished
+            ),
+        }
     )
 
 
@@ -420,6 +513,15 @@ class RunnerStatus(StatusModel):
     )
 
 
+class AgentRecord(StatusModel):
+    """The Agent a run was admitted with."""
+
+    name: str = pydantic.Field(description="Name of the Agent.")
+    uid: str = pydantic.Field("", description="Uid of the Agent object.")
+    generation: int = pydantic.Field(0, description="The Agent's `metadata.generation` that the run uses.")
+    spec: AgentSpec = pydantic.Field(description="The Agent's spec at that generation.")
+
+
 class Attempt(StatusModel):
     """One execution of the run: recorded before it starts, completed when it ends."""
 
@@ -471,6 +573,9 @@ class AgentRunStatus(StatusModel):
     )
     event_count: int = pydantic.Field(0, ge=0, description="Events emitted in total, including dropped ones.")
     runner: RunnerStatus | None = pydantic.Field(None, description="The executing operator instance.")
+    agent: AgentRecord | None = pydantic.Field(
+        None, description="The Agent the run named, as it was when the run was admitted; later edits do not apply."
+    )
     next_attempt_time: Timestamp | None = pydantic.Field(
         None, description="While waiting to retry (reason RetryBackoff): when the next attempt starts."
     )
@@ -483,6 +588,11 @@ class AgentRunStatus(StatusModel):
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
+
+    @property
+    def mode(self) -> RunnerMode:
+        """Where the run executes, as recorded when it was admitted."""
+        return self.runner.mode if self.runner is not None else RunnerMode.TASK
 
     @property
     def last_attempt(self) -> Attempt | None:

@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import pydantic
 from kubernetes_asyncio import client, watch
 
 from agentrun.api import models
@@ -63,6 +64,28 @@ def payload_secret_name(run: ports.RunObject, purpose: str) -> str:
     return run.ref.name[: 253 - len(suffix)] + suffix
 
 
+def agent_object(body: dict[str, Any]) -> ports.AgentObject:
+    """An Agent as the API server returns it; a spec this version cannot read is kept as an error."""
+    metadata = body.get("metadata") or {}
+    name = str(metadata.get("name", ""))
+    try:
+        spec: models.AgentSpec | None = models.AgentSpec.model_validate(body.get("spec") or {})
+        problem = None
+    except pydantic.ValidationError as error:
+        spec = None
+        problem = "; ".join(
+            f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}"
+            for item in error.errors(include_input=False, include_url=False)
+        )
+    return ports.AgentObject(
+        name=name,
+        uid=str(metadata.get("uid", "")),
+        generation=int(metadata.get("generation") or 0),
+        spec=spec,
+        spec_error=problem,
+    )
+
+
 def owned_by(metadata: Any, run: ports.RunObject) -> bool:
     references = getattr(metadata, "owner_references", None) or []
     return any(getattr(reference, "uid", None) == run.ref.uid for reference in references)
@@ -86,6 +109,13 @@ class KubeRunStore:
                 models.GROUP, models.VERSION, ref.namespace, models.PLURAL, ref.name, _request_timeout=self._timeout
             )
         return ports.RunObject.from_body(body)
+
+    async def get_agent(self, namespace: str, name: str) -> ports.AgentObject:
+        with errors.translated(f"read Agent {namespace}/{name}"):
+            body = await self._custom.get_namespaced_custom_object(
+                models.GROUP, models.VERSION, namespace, models.AGENT_PLURAL, name, _request_timeout=self._timeout
+            )
+        return agent_object(body)
 
     async def _pages(self, namespace: str | None) -> AsyncIterator[dict[str, Any]]:
         token: str | None = None

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from agentrun.api import models
-from agentrun.layers import agent, base, registry, session
+from agentrun.layers import agent, base, errors, registry, session
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +23,8 @@ async def run(
     progress: agent.Progress,
 ) -> CompositionResult:
     """Execute ``spec`` in-process; raises a classified ``RunFailure`` on any request or model problem."""
+    if spec.composition is None:
+        raise errors.InvalidRequest("the run has no composition: set spec.composition or spec.agentRef")
     layers = [layer_registry.create(item.name, item.type, item.config) for item in spec.composition.layers]
     states = session.resume([layer.name for layer in layers], spec.session_snapshot)
     plan = base.AgentPlan()

@@ -14,7 +14,7 @@ import functools
 import logging
 
 from agentrun.api import models
-from agentrun.runtime import changes, ending, ports, services, transitions
+from agentrun.runtime import changes, ending, ports, services, transitions, writer
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +74,20 @@ class Admitted:
 
 
 async def admit(svc: services.Services, run: ports.RunObject, *, deadline: float | None = None) -> Admitted | None:
-    """Take ``run``: finalizer, then ``Running`` with the next attempt. ``None`` if it is not ours to run."""
+    """Take ``run``: finalizer, then ``Running`` with the next attempt. ``None`` if it is not ours to run.
+
+    A run that names an Agent records the Agent as it is now in the same write (on its
+    first attempt only), so later edits of the Agent change nothing for it.
+    """
     held = await svc.writer.set_finalizer(run, True, deadline=deadline)
     if held is None or not held.has_finalizer:
         return None
+    agent = held.status.agent or await agent_record(svc, held)
     spec = held.spec
-    runner = models.RunnerStatus(mode=spec.runner.mode if spec else models.RunnerMode.TASK, instance=svc.instance)
+    effective = models.resolve(spec, agent.spec if agent else None) if spec else None
+    runner = models.RunnerStatus(mode=effective.mode if effective else models.RunnerMode.TASK, instance=svc.instance)
     attempt = len(held.status.attempts) + 1
-    start = functools.partial(changes.admit, runner=runner, now=svc.clock(), ring_size=svc.ring_size)
+    start = functools.partial(changes.admit, runner=runner, agent=agent, now=svc.clock(), ring_size=svc.ring_size)
     written = await svc.writer.write_status(held, start, what="admit", deadline=deadline)
     if written is None:
         return None
@@ -95,6 +101,33 @@ async def admit(svc: services.Services, run: ports.RunObject, *, deadline: float
         return None  # another instance runs it; the finalizer is held for that run
     await ending.release(svc, started, deadline=deadline)
     return None
+
+
+async def agent_record(svc: services.Services, run: ports.RunObject) -> models.AgentRecord | None:
+    """The Agent the run names, as it is now; ``None`` when it names none or it cannot be used.
+
+    A missing or unreadable Agent is not an admission error: the attempt then fails with
+    a message that says why (see :func:`agentrun.runtime.runner.TaskRunner.execute`).
+    """
+    spec = run.spec
+    if spec is None or spec.agent_ref is None:
+        return None
+    backoff = writer.Backoff()
+    while True:
+        try:
+            found = await svc.api.get_agent(run.ref.namespace, spec.agent_ref.name)
+        except ports.NotFound:
+            return None
+        except ports.Forbidden as error:
+            logger.error("AgentRun %s: %s", run.ref, error)
+            return None
+        except ports.Unavailable as error:
+            logger.warning("AgentRun %s: could not read its Agent, will retry: %s", run.ref, error)
+            await backoff.sleep(None)
+            continue
+        if found.spec is None:
+            return None
+        return models.AgentRecord(name=found.name, uid=found.uid, generation=found.generation, spec=found.spec)
 
 
 async def mark_queued(svc: services.Services, run: ports.RunObject) -> ports.RunObject | None:

@@ -18,7 +18,12 @@ from agentrun.runtime import ports, transitions
 
 
 def admit(
-    current: ports.RunObject, *, runner: models.RunnerStatus, now: datetime.datetime, ring_size: int
+    current: ports.RunObject,
+    *,
+    runner: models.RunnerStatus,
+    now: datetime.datetime,
+    ring_size: int,
+    agent: models.AgentRecord | None = None,
 ) -> models.AgentRunStatus | None:
     """``Running`` with the next attempt recorded, if the run still waits for admission."""
     if current.deleting or current.cancel_requested or not current.phase_readable:
@@ -29,7 +34,7 @@ def admit(
     if retry_at is not None and retry_at > now:
         return None  # still backing off
     return transitions.admitted(
-        current.status, runner=runner, generation=current.generation, now=now, ring_size=ring_size
+        current.status, runner=runner, agent=agent, generation=current.generation, now=now, ring_size=ring_size
     )
 
 

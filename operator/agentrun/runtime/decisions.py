@@ -139,7 +139,7 @@ def decide(run: ports.RunObject, observed: Observed, now: datetime.datetime) -> 
 
 def deadline_seconds(run: ports.RunObject, default: float) -> float:
     """The run's wall-clock budget, counted from ``startTime`` across attempts."""
-    spec = run.spec
+    spec = run.effective_spec
     return float(spec.timeout_seconds) if spec is not None and spec.timeout_seconds else default
 
 
@@ -149,6 +149,8 @@ def expires_at(run: ports.RunObject, default_ttl: datetime.timedelta | None) -> 
     if completed is None:
         return None
     raw = run.raw_spec.get("ttlSecondsAfterFinished")
+    if raw is None and run.status.agent is not None:
+        raw = run.status.agent.spec.defaults.ttl_seconds_after_finished  # the Agent's default
     ttl = datetime.timedelta(seconds=raw) if isinstance(raw, int) and raw >= 0 else default_ttl
     return None if ttl is None else completed + ttl
 
@@ -176,7 +178,7 @@ def retry_at(
     run's deadline. The backoff doubles with each failed attempt, capped, and is
     scaled by ``jitter`` (0.5 to 1) so that runs failing together do not retry together.
     """
-    spec = run.spec
+    spec = run.effective_spec
     if spec is None or spec.retry is None or ending.phase is not models.Phase.FAILED:
         return None
     retry = spec.retry

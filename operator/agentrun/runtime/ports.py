@@ -99,6 +99,14 @@ class RunObject:
     def spec_error(self) -> str | None:
         return self._parsed_spec[1]
 
+    @functools.cached_property
+    def effective_spec(self) -> models.AgentRunSpec | None:
+        """The spec with the Agent it was admitted with applied (see :func:`models.resolve`)."""
+        spec = self.spec
+        if spec is None:
+            return None
+        return models.resolve(spec, self.status.agent.spec if self.status.agent else None)
+
     @property
     def cancel_requested(self) -> bool:
         """``spec.cancel`` is true (read without parsing the whole spec)."""
@@ -130,6 +138,17 @@ class RunObject:
         return models.FINALIZER in self.finalizers
 
 
+@dataclasses.dataclass(frozen=True)
+class AgentObject:
+    """An Agent as the runtime reads it when it admits a run that names it."""
+
+    name: str
+    uid: str
+    generation: int
+    spec: models.AgentSpec | None
+    spec_error: str | None = None
+
+
 class KubeEventType(enum.StrEnum):
     """The type of a Kubernetes Event (not to be confused with the run's own status events)."""
 
@@ -142,6 +161,9 @@ class RunApi(Protocol):
 
     async def get(self, ref: RunRef) -> RunObject:
         """The current object of that name; raises NotFound. The caller compares the uid."""
+
+    async def get_agent(self, namespace: str, name: str) -> AgentObject:
+        """An Agent; raises NotFound. An Agent whose spec this version cannot read has ``spec_error``."""
 
     async def list_running(self) -> list[RunObject]:
         """Every watched run whose phase is Running (for orphan recovery)."""

@@ -47,12 +47,19 @@ class TaskRunner:
         self._ceiling = ceiling
 
     async def execute(self, run: ports.RunObject, sink: progress.ProgressSink) -> compositor.CompositionResult:
-        spec = run.spec
+        spec = run.effective_spec
         if spec is None:
             raise errors.InvalidRequest(run.spec_error or "spec is missing")
-        if spec.runner.mode is not models.RunnerMode.TASK:
+        if spec.agent_ref is not None and run.status.agent is None:
             raise errors.InvalidRequest(
-                f"runner mode '{spec.runner.mode.value}' is not available in this operator; use mode 'task'"
+                f"Agent '{spec.agent_ref.name}' was not found in namespace '{run.ref.namespace}'"
+                " (or its spec cannot be read by this operator version)"
+            )
+        if spec.composition is None:
+            raise errors.InvalidRequest("the run has no composition: set spec.composition or spec.agentRef")
+        if spec.mode is not models.RunnerMode.TASK:
+            raise errors.InvalidRequest(
+                f"runner mode '{spec.mode.value}' is not available in this operator; use mode 'task'"
             )
         read_secret = self._secret_reader(run.ref.namespace)
         if spec.session_snapshot_ref is not None:

@@ -168,8 +168,11 @@ def admitted(
     generation: int | None,
     now: datetime.datetime,
     ring_size: int,
+    agent: models.AgentRecord | None = None,
 ) -> models.AgentRunStatus:
     """The operator took the run: ``Running``, ``run_started``, owner, heartbeat and attempt 1.
+
+    The Agent a run names is recorded once, with its first attempt; later attempts keep it.
 
     The attempt is recorded in the same write as the transition, before anything executes.
     """
@@ -185,6 +188,7 @@ def admitted(
             "message": "",
             "start_time": status.start_time or now,  # the deadline counts across attempts
             "next_attempt_time": None,
+            "agent": status.agent or agent,
             "runner": runner.model_copy(update={"heartbeat_time": now}),
             "attempts": [*status.attempts, attempt],
             "conditions": _succeeded_condition(
