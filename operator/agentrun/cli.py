@@ -4,7 +4,8 @@ Subcommands:
 
 - ``operator``: run the operator (flags and ``AGENTRUN_*`` variables, see ``--help``);
 - ``crd``: print, write or check the generated CustomResourceDefinition;
-- ``events NAME``: print a run's events, optionally following them until the run ends.
+- ``events NAME``: print a run's events, optionally following them until the run ends;
+- ``chat THREAD MESSAGE``: take a turn in an AgentThread and print the answer.
 """
 
 from __future__ import annotations
@@ -63,11 +64,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     events_parser.add_argument("-f", "--follow", action="store_true", help="keep printing until the run ends")
     events_parser.add_argument("-o", "--output", choices=("table", "json"), default="table", help="output format")
 
+    chat_parser = commands.add_parser(
+        "chat",
+        help="take a turn in an AgentThread and print the answer",
+        description=(
+            "Create a run in the thread with MESSAGE as the user's prompt, follow it, and print its "
+            "output. The run uses the thread's Agent (spec.agentRef), or --agent. Progress goes to "
+            "stderr, the answer to stdout. Exit code: as for 'events'."
+        ),
+    )
+    chat_parser.add_argument("thread", help="AgentThread name")
+    chat_parser.add_argument("message", help="what to say")
+    chat_parser.add_argument("-n", "--namespace", default=None, help="namespace (default: the kubeconfig's)")
+    chat_parser.add_argument("--agent", default=None, help="the Agent to run (default: the thread's)")
+
     if argv[:1] == ["operator"]:
         return run_operator(argv[1:])
     args = parser.parse_args(argv)
     if args.command == "crd":
         return _crd(args.output, args.check)
+    if args.command == "chat":
+        return asyncio.run(_chat(args.thread, args.message, args.namespace, agent=args.agent))
     return asyncio.run(_events(args.name, args.namespace, follow=args.follow, output=args.output))
 
 
@@ -131,6 +148,77 @@ def _detail(event: dict[str, Any]) -> str:
             parts.append(f"{key}={shown}")
     text = " ".join(parts)
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def chat_run(thread: str, message: str, agent: str) -> dict[str, Any]:
+    """The run that takes one turn in ``thread``: the Agent, plus the user's message as the prompt layer."""
+    return {
+        "apiVersion": models.API_VERSION,
+        "kind": models.KIND,
+        "metadata": {"generateName": f"{thread}-"},
+        "spec": {
+            "agentRef": {"name": agent},
+            "threadRef": {"name": thread},
+            "composition": {"layers": [{"name": "prompt", "type": "plain.prompt", "config": {"user": message}}]},
+        },
+    }
+
+
+async def _chat(thread: str, message: str, namespace: str | None, *, agent: str | None) -> int:
+    from agentrun.kube import connection
+    from agentrun.kube import store as kube_store
+    from agentrun.runtime import ports
+
+    try:
+        conn = await connection.connect(request_timeout=30.0)
+    except Exception as error:  # any kubeconfig problem is reported the same way
+        print(f"error: cannot load Kubernetes configuration: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    namespace = namespace or connection.current_namespace()
+    try:
+        found = await kube_store.read_thread(conn.api, namespace, thread)
+        agent = agent or (found.spec.agent_ref.name if found.spec.agent_ref else None)
+        if agent is None:
+            print(f"error: AgentThread {namespace}/{thread} names no Agent: pass --agent NAME", file=sys.stderr)
+            return EXIT_ERROR
+        created = await kube_store.create_run(conn.api, namespace, chat_run(thread, message, agent))
+        name = created["metadata"]["name"]
+        print(f"run {name}", file=sys.stderr)
+        printed = 0
+        async for body in kube_store.watch_run(conn.api, namespace, name):
+            status = body.get("status") or {}
+            for event in status.get("events") or []:
+                if event["id"] > printed:
+                    printed = event["id"]
+                    print(f"  {event['type']:<14} {_detail(event)}", file=sys.stderr, flush=True)
+            phase = models.Phase(status.get("phase", models.Phase.PENDING.value))
+            if phase.terminal:
+                _print_answer(status)
+                return PHASE_EXIT_CODES[phase]
+        print(f"error: AgentRun {namespace}/{name} was deleted", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except ports.NotFound as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except ports.ApiError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        await conn.close()
+
+
+def _print_answer(status: dict[str, Any]) -> None:
+    if status.get("phase") != models.Phase.SUCCEEDED.value:
+        print(f"{status.get('phase')} ({status.get('reason')}): {status.get('message') or ''}", file=sys.stderr)
+        return
+    output = status.get("output")
+    if output is None and status.get("outputRef"):
+        ref = status["outputRef"]
+        print(f"(the answer is in Secret {ref['name']}, key {ref['key']})")
+    elif isinstance(output, str):
+        print(output)
+    else:
+        print(json.dumps(output, indent=2))
 
 
 async def _events(name: str, namespace: str | None, *, follow: bool, output: str) -> int:

@@ -105,6 +105,14 @@ def build_registry() -> kopf.OperatorRegistry:
             return
         context.reconciler.observe(run)
 
+    @kopf.on.event(models.GROUP, models.VERSION, models.THREAD_PLURAL, registry=kopf_registry)
+    async def agentthread_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+        context: OperatorContext = memo["context"]
+        metadata = event["object"].get("metadata") or {}
+        gone = event["type"] == "DELETED" or metadata.get("deletionTimestamp") is not None
+        if context.reconciler is not None and gone:
+            context.reconciler.thread_gone(metadata.get("namespace", ""), metadata.get("name", ""))
+
     @kopf.on.cleanup(registry=kopf_registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         context: OperatorContext = memo["context"]

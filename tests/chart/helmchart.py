@@ -17,6 +17,8 @@ CHART = harness.ROOT / "charts" / "agentrun-operator"
 EXPECTED_RULES = [
     {"apiGroups": ["agentrun.dev"], "resources": ["agentruns"], "verbs": ["get", "list", "watch", "patch", "delete"]},
     {"apiGroups": ["agentrun.dev"], "resources": ["agents"], "verbs": ["get"]},
+    {"apiGroups": ["agentrun.dev"], "resources": ["agentthreads"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["agentrun.dev"], "resources": ["agentthreads/status"], "verbs": ["patch"]},
     {"apiGroups": ["agentrun.dev"], "resources": ["agentruns/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.chart
 
 RELEASE = "agentrun-operator"
 CRD = "agentruns.agentrun.dev"
-CRDS = (CRD, "agents.agentrun.dev")
+CRDS = (CRD, "agents.agentrun.dev", "agentthreads.agentrun.dev")
 POLICY = f"{RELEASE}-secret-references"
 API_KEY = "sk-chart-test-9c8b7a"
 
@@ -196,7 +196,11 @@ ALLOWED = [
     ("list", "agentruns.agentrun.dev"),
     ("watch", "agentruns.agentrun.dev"),
     ("patch", "agentruns.agentrun.dev"),
+    ("delete", "agentruns.agentrun.dev"),
     ("patch", "agentruns.agentrun.dev/status"),
+    ("get", "agents.agentrun.dev"),
+    ("watch", "agentthreads.agentrun.dev"),
+    ("patch", "agentthreads.agentrun.dev/status"),
     ("get", "secrets"),
     ("create", "secrets"),
     ("patch", "secrets"),
@@ -205,8 +209,10 @@ ALLOWED = [
 DENIED = [
     ("create", "agentruns.agentrun.dev"),
     ("update", "agentruns.agentrun.dev"),
-    ("delete", "agentruns.agentrun.dev"),
     ("update", "agentruns.agentrun.dev/status"),
+    ("list", "agents.agentrun.dev"),
+    ("create", "agentthreads.agentrun.dev"),
+    ("delete", "agentthreads.agentrun.dev"),
     ("list", "secrets"),
     ("watch", "secrets"),
     ("delete", "secrets"),

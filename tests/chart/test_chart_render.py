@@ -45,6 +45,8 @@ def test_default_render_is_cluster_scoped(helm: helmchart.Helm) -> None:
         "ClusterRole",
         "ClusterRoleBinding",
         "CustomResourceDefinition",
+        "CustomResourceDefinition",
+        "CustomResourceDefinition",
         "Deployment",
         "Service",
         "ServiceAccount",

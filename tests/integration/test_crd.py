@@ -30,7 +30,7 @@ def test_kubectl_explain_shows_model_descriptions(cluster: harness.Cluster) -> N
         return result.stdout if result.returncode == 0 else None
 
     text = harness.wait_until(explained, timeout=60, what="kubectl explain to know AgentRun")
-    assert "The layers that make up the agent." in text
+    assert "The layers that make up the agent;" in text
     assert "Layers in the order they are entered. Names are unique." in text
     layer = cluster.kubectl("explain", "agentrun.spec.composition.layers.type").stdout
     assert "Registered layer type id" in layer
@@ -59,7 +59,11 @@ def _layers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 MALFORMED = [
-    pytest.param(lambda m: m["spec"].pop("composition"), "spec.composition: Required value", id="missing-composition"),
+    pytest.param(
+        lambda m: m["spec"].pop("composition"),
+        "set spec.composition, or spec.agentRef to run an Agent",
+        id="missing-composition",
+    ),
     pytest.param(
         lambda m: m["spec"]["composition"].update(layers=[]),
         "spec.composition.layers: Invalid value: 0: spec.composition.layers in body should have at least 1 items",

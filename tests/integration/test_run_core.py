@@ -131,7 +131,7 @@ def test_offload_never_writes_a_secret_the_run_does_not_own(
 
     assert (status["phase"], status["reason"]) == ("Failed", "ResultNotStored")
     assert f"Secret {name}" in status["message"]
-    assert "not owned by this run" in status["message"]
+    assert "not owned by the AgentRun" in status["message"]
     secret = cluster.get("secret", name, namespace)
     assert secret is not None
     assert base64.b64decode(secret["data"]["mine"]) == b"precious"

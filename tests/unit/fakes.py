@@ -95,6 +95,7 @@ class FakeRunStore:
         self._gone: dict[tuple[str, str], dict[str, Any]] = {}
         self._revision = itertools.count(1)
         self._uids = itertools.count(1)
+        self._created = itertools.count(1)
         self._failures: list[ports.ApiError] = []
         self._lost_replies = 0
         self._payload_failures: list[ports.ApiError] = []
@@ -105,6 +106,8 @@ class FakeRunStore:
         self.payloads: dict[str, str] = {}
         self.secrets: dict[tuple[str, str, str], str] = {}
         self.agents: dict[tuple[str, str], ports.AgentObject] = {}
+        self.threads: dict[tuple[str, str], dict[str, Any]] = {}
+        """AgentThread bodies, by namespace and name."""
         self.reads = 0
 
     # --- what tests do to the store ---------------------------------------------------
@@ -130,6 +133,7 @@ class FakeRunStore:
                 "uid": f"uid-{next(self._uids)}",
                 "generation": 1,
                 "resourceVersion": str(next(self._revision)),
+                "creationTimestamp": (EPOCH + datetime.timedelta(seconds=next(self._created))).isoformat(),
                 "finalizers": list(finalizers),
             },
             "spec": spec if spec is not None else echo_spec(),
@@ -224,6 +228,50 @@ class FakeRunStore:
         if agent is None:
             raise ports.NotFound(f"Agent {namespace}/{name} not found")
         return agent
+
+    def add_thread(self, name: str, strategy: str = "enqueue", *, namespace: str = NAMESPACE) -> None:
+        """Create an AgentThread, as ``kubectl apply`` would."""
+        self.threads[namespace, name] = {
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "uid": f"thread-uid-{name}",
+                "generation": 1,
+                "resourceVersion": str(next(self._revision)),
+            },
+            "spec": {"multitaskStrategy": strategy},
+            "status": {},
+        }
+
+    def thread(self, name: str, namespace: str = NAMESPACE) -> ports.ThreadObject:
+        return ports.ThreadObject.from_body(copy.deepcopy(self.threads[namespace, name]))
+
+    async def get_thread(self, namespace: str, name: str) -> ports.ThreadObject:
+        await asyncio.sleep(0)
+        if (namespace, name) not in self.threads:
+            raise ports.NotFound(f"AgentThread {namespace}/{name} not found")
+        return self.thread(name, namespace)
+
+    async def write_thread_status(
+        self, thread: ports.ThreadObject, status: models.AgentThreadStatus
+    ) -> ports.ThreadObject:
+        await asyncio.sleep(0)
+        body = self.threads.get((thread.namespace, thread.name))
+        if body is None:
+            raise ports.NotFound(f"AgentThread {thread.namespace}/{thread.name} not found")
+        if body["metadata"]["resourceVersion"] != thread.resource_version:
+            raise ports.Conflict(f"AgentThread {thread.namespace}/{thread.name} was modified")
+        body["status"] = status.to_wire()
+        body["metadata"]["resourceVersion"] = str(next(self._revision))
+        self.writes.append(Write("thread", thread.name, status.phase.value))
+        return self.thread(thread.name, thread.namespace)
+
+    async def store_thread_history(self, thread: ports.ThreadObject, payload: str) -> models.ContentRef:
+        await asyncio.sleep(0)
+        name = f"{thread.name}-history-{thread.uid[:8]}"
+        self.payloads[name] = payload
+        self.secrets[thread.namespace, name, "history.json"] = payload
+        return models.ContentRef(kind="Secret", name=name, key="history.json", size_bytes=len(payload.encode()))
 
     async def list_running(self) -> list[ports.RunObject]:
         await asyncio.sleep(0)

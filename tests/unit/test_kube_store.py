@@ -78,6 +78,6 @@ async def test_a_secret_the_run_does_not_own_is_never_written(
     monkeypatch.setattr(adapter, "_core", recording)
     monkeypatch.setattr(recording, "create_namespaced_secret", exists, raising=False)
 
-    with pytest.raises(ports.NotOwned, match="not owned by this run"):
+    with pytest.raises(ports.NotOwned, match="not owned by the AgentRun"):
         await adapter.store_payload(run, "output", "{}")
     assert [name for name, _ in CALLS] == ["read_namespaced_secret"]

@@ -15,6 +15,14 @@ discover CRDs or namespaces at run time. See README.md, "RBAC".
 - apiGroups: ["agentrun.dev"]
   resources: ["agents"]
   verbs: ["get"]
+# Keep conversations: watch AgentThreads (a deleted thread cancels its active run), read one
+# when a run joins it, and record its active run and history in its status.
+- apiGroups: ["agentrun.dev"]
+  resources: ["agentthreads"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["agentrun.dev"]
+  resources: ["agentthreads/status"]
+  verbs: ["patch"]
 # Record phase, conditions, events and results: status is only ever written through the
 # status subresource, with a resourceVersion-guarded merge patch.
 - apiGroups: ["agentrun.dev"]
@@ -22,8 +30,9 @@ discover CRDs or namespaces at run time. See README.md, "RBAC".
   verbs: ["patch"]
 # Read model API keys that runs reference with apiKeySecretRef (get by name; no list or
 # watch, so the operator cannot enumerate Secrets). Store outputs and session snapshots
-# too large for status in a Secret owned by the run (create; patch when a retried attempt
-# finds it already there).
+# too large for status in a Secret owned by the run, and conversations too large for a
+# thread's status in a Secret owned by the thread (create; patch when the owner's Secret is
+# already there).
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "patch"]

@@ -117,6 +117,12 @@ def spec_rules() -> list[dict[str, str]]:
     )
     rules.append(
         {
+            "rule": "!has(self.threadRef) || (!has(self.sessionSnapshot) && !has(self.sessionSnapshotRef))",
+            "message": "a run in a thread continues the thread's history: set no sessionSnapshot or sessionSnapshotRef",
+        }
+    )
+    rules.append(
+        {
             "rule": "!has(self.sessionSnapshot) || !has(self.sessionSnapshotRef)",
             "message": "set at most one of spec.sessionSnapshot and spec.sessionSnapshotRef",
         }
@@ -222,6 +228,22 @@ AGENT_PRINTER_COLUMNS: tuple[dict[str, Any], ...] = (
 )
 
 
+THREAD_PRINTER_COLUMNS: tuple[dict[str, Any], ...] = (
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Idle, Busy or Error."},
+    {"name": "Active", "type": "string", "jsonPath": ".status.activeRun", "description": "The run holding the thread."},
+    {"name": "Last", "type": "string", "jsonPath": ".status.lastRun", "description": "The newest finished run."},
+    {"name": "Runs", "type": "integer", "jsonPath": ".status.runCount", "description": "Runs finished in the thread."},
+    {
+        "name": "Strategy",
+        "type": "string",
+        "jsonPath": ".spec.multitaskStrategy",
+        "priority": 1,
+        "description": "What a run joining a busy thread does.",
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+)
+
+
 def kinds() -> tuple[Kind, ...]:
     """Every kind of the API group, in the order the CRDs are listed."""
     return (
@@ -241,6 +263,15 @@ def kinds() -> tuple[Kind, ...]:
             models.AGENT_SINGULAR,
             printer_columns=AGENT_PRINTER_COLUMNS,
             status=False,
+        ),
+        Kind(
+            models.AgentThread,
+            models.THREAD_KIND,
+            models.THREAD_PLURAL,
+            models.THREAD_SINGULAR,
+            models.THREAD_SHORT_NAMES,
+            printer_columns=THREAD_PRINTER_COLUMNS,
+            layer_rules=False,
         ),
     )
 

@@ -23,6 +23,10 @@ KIND = "AgentRun"
 PLURAL = "agentruns"
 SINGULAR = "agentrun"
 SHORT_NAMES = ("ar",)
+THREAD_KIND = "AgentThread"
+THREAD_PLURAL = "agentthreads"
+THREAD_SINGULAR = "agentthread"
+THREAD_SHORT_NAMES = ("thread",)
 AGENT_KIND = "Agent"
 AGENT_PLURAL = "agents"
 AGENT_SINGULAR = "agent"
@@ -250,6 +254,12 @@ class AgentRef(ApiModel):
     name: str = pydantic.Field(description="Name of the Agent.", min_length=1, max_length=253)
 
 
+class ThreadRef(ApiModel):
+    """An AgentThread in the run's namespace."""
+
+    name: str = pydantic.Field(description="Name of the AgentThread.", min_length=1, max_length=253)
+
+
 class AgentRunSpec(ApiModel):
     """The desired agent run. The operator never changes the spec."""
 
@@ -264,6 +274,14 @@ class AgentRunSpec(ApiModel):
     composition: Composition | None = pydantic.Field(
         None,
         description="The layers that make up the agent; with `agentRef`, the layers that override or extend it.",
+    )
+    thread_ref: ThreadRef | None = pydantic.Field(
+        None,
+        description=(
+            "Join a conversation: the run continues the AgentThread's history and leaves its turn there. "
+            "The thread's multitaskStrategy decides what happens while another of its runs is active. "
+            "Exclusive with `sessionSnapshot` and `sessionSnapshotRef`."
+        ),
     )
     session_snapshot: SessionSnapshot | None = pydantic.Field(
         None,
@@ -427,6 +445,8 @@ class Reason(enum.StrEnum):
     OPERATOR_RESTARTED = "OperatorRestarted"
     POD_FAILED = "PodFailed"
     BUDGET_EXCEEDED = "BudgetExceeded"
+    THREAD_BUSY = "ThreadBusy"
+    INTERRUPTED = "Interrupted"
     RETRY_BACKOFF = "RetryBackoff"
     RESULT_NOT_STORED = "ResultNotStored"
     INTERNAL_ERROR = "InternalError"
@@ -576,6 +596,9 @@ class AgentRunStatus(StatusModel):
     agent: AgentRecord | None = pydantic.Field(
         None, description="The Agent the run named, as it was when the run was admitted; later edits do not apply."
     )
+    thread_turn: int | None = pydantic.Field(
+        None, description="The run's turn in its AgentThread, taken when it was admitted."
+    )
     next_attempt_time: Timestamp | None = pydantic.Field(
         None, description="While waiting to retry (reason RetryBackoff): when the next attempt starts."
     )
@@ -638,3 +661,83 @@ class AgentRun(ApiModel):
     metadata: dict[str, Any] = pydantic.Field(default_factory=dict, description="Standard object metadata.")
     spec: AgentRunSpec = pydantic.Field(description="The desired run.")
     status: AgentRunStatus = pydantic.Field(default_factory=AgentRunStatus, description="The observed run.")
+
+
+# --- AgentThread ------------------------------------------------------------------
+
+
+class MultitaskStrategy(enum.StrEnum):
+    """What happens when a run joins a thread while another of its runs is active."""
+
+    REJECT = "reject"
+    """The new run fails InvalidRequest, naming the active run."""
+    ENQUEUE = "enqueue"
+    """The new run waits Pending (reason ThreadBusy) and runs after the others, first created first."""
+    INTERRUPT = "interrupt"
+    """The active run is cancelled (reason Interrupted), its partial turn kept in the history; the new one starts."""
+    ROLLBACK = "rollback"
+    """The active run is cancelled (reason Interrupted) and its turn is not kept; the new one starts."""
+
+
+class AgentThreadSpec(ApiModel):
+    """A named conversation that runs join with `spec.threadRef`."""
+
+    agent_ref: AgentRef | None = pydantic.Field(
+        None, description="The Agent that `kubectl agentrun chat` runs in this thread."
+    )
+    multitask_strategy: MultitaskStrategy = pydantic.Field(
+        MultitaskStrategy.ENQUEUE,
+        description="What happens when a run joins while another is active: reject, enqueue, interrupt or rollback.",
+    )
+
+
+class ThreadPhase(enum.StrEnum):
+    """Where a conversation stands."""
+
+    IDLE = "Idle"
+    BUSY = "Busy"
+    ERROR = "Error"
+
+
+class AgentThreadStatus(StatusModel):
+    """The conversation as its runs left it. Written only by the operator."""
+
+    phase: ThreadPhase = pydantic.Field(
+        ThreadPhase.IDLE, description="Idle, Busy (a run is active) or Error (the newest run failed)."
+    )
+    active_run: str | None = pydantic.Field(None, description="The run that holds the thread now.")
+    active_run_uid: str | None = pydantic.Field(None, description="Uid of that run.")
+    last_run: str | None = pydantic.Field(None, description="The newest run that finished.")
+    turns: int = pydantic.Field(0, ge=0, description="Turns taken: each run that held the thread took the next.")
+    last_turn: int | None = pydantic.Field(
+        None, description="The turn of the newest finished run; a run of an earlier turn never overwrites the thread."
+    )
+    run_count: int = pydantic.Field(0, ge=0, description="Runs that finished in the thread.")
+    history: SessionSnapshot | None = pydantic.Field(
+        None, description="The conversation so far, as a session snapshot."
+    )
+    history_ref: ContentRef | None = pydantic.Field(
+        None, description="Set instead of `history` when the conversation is too large for the status."
+    )
+    conditions: list[Condition] = pydantic.Field(
+        default_factory=list,
+        description="Latest observations: `Ready` is False while the newest run's failure stands.",
+        json_schema_extra=schema_hints.map_list("type"),
+    )
+    observed_generation: int | None = pydantic.Field(None, description="The `metadata.generation` the status reflects.")
+
+
+class AgentThread(ApiModel):
+    """A named conversation: runs join it with `spec.threadRef` and it keeps the history."""
+
+    model_config = pydantic.ConfigDict(extra="ignore")
+
+    api_version: Literal["agentrun.dev/v1alpha1"] = pydantic.Field("agentrun.dev/v1alpha1", description="API version.")
+    kind: Literal["AgentThread"] = pydantic.Field("AgentThread", description="Kind.")
+    metadata: dict[str, Any] = pydantic.Field(default_factory=dict, description="Standard object metadata.")
+    spec: AgentThreadSpec = pydantic.Field(
+        default_factory=AgentThreadSpec, description="The thread.", json_schema_extra={"default": {}}
+    )
+    status: AgentThreadStatus = pydantic.Field(
+        default_factory=AgentThreadStatus, description="The conversation so far."
+    )

@@ -10,6 +10,7 @@ own is never written.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -28,6 +29,7 @@ MERGE_PATCH = "application/merge-patch+json"
 LIST_PAGE = 500
 # Every top-level status field, so that a merge patch clears the ones the new status leaves unset.
 STATUS_FIELDS = tuple(field.alias or name for name, field in models.AgentRunStatus.model_fields.items())
+THREAD_STATUS_FIELDS = tuple(field.alias or name for name, field in models.AgentThreadStatus.model_fields.items())
 
 
 def status_patch(status: models.AgentRunStatus, resource_version: str) -> dict[str, Any]:
@@ -39,15 +41,27 @@ def status_patch(status: models.AgentRunStatus, resource_version: str) -> dict[s
     }
 
 
-def owner_reference(run: ports.RunObject) -> dict[str, Any]:
-    return {
-        "apiVersion": models.API_VERSION,
-        "kind": models.KIND,
-        "name": run.ref.name,
-        "uid": run.ref.uid,
-        "controller": True,
-        "blockOwnerDeletion": False,
-    }
+@dataclasses.dataclass(frozen=True)
+class Owner:
+    """The object that owns a child: the child is garbage-collected with it."""
+
+    kind: str
+    name: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": models.API_VERSION,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": False,
+        }
+
+    def owns(self, metadata: Any) -> bool:
+        references = getattr(metadata, "owner_references", None) or []
+        return any(getattr(reference, "uid", None) == self.uid for reference in references)
 
 
 def child_labels(run: ports.RunObject) -> dict[str, str]:
@@ -84,11 +98,6 @@ def agent_object(body: dict[str, Any]) -> ports.AgentObject:
         spec=spec,
         spec_error=problem,
     )
-
-
-def owned_by(metadata: Any, run: ports.RunObject) -> bool:
-    references = getattr(metadata, "owner_references", None) or []
-    return any(getattr(reference, "uid", None) == run.ref.uid for reference in references)
 
 
 class KubeRunStore:
@@ -195,40 +204,87 @@ class KubeRunStore:
 
     async def store_payload(self, run: ports.RunObject, purpose: str, payload: str) -> models.ContentRef:
         name = payload_secret_name(run, purpose)
-        key = f"{purpose}.json"
+        owner = Owner(models.KIND, run.ref.name, run.ref.uid)
+        return await self._put_owned_secret(
+            run.ref.namespace, name, f"{purpose}.json", payload, owner, child_labels(run),
+            what=f"store {purpose} of AgentRun {run.ref}",
+        )  # fmt: skip
+
+    async def store_thread_history(self, thread: ports.ThreadObject, payload: str) -> models.ContentRef:
+        suffix = f"-history-{thread.uid[:8]}"
+        name = thread.name[: 253 - len(suffix)] + suffix
+        owner = Owner(models.THREAD_KIND, thread.name, thread.uid)
+        labels = {models.MANAGED_BY_LABEL: models.MANAGED_BY_VALUE, f"{models.GROUP}/thread": thread.name}
+        return await self._put_owned_secret(
+            thread.namespace, name, "history.json", payload, owner, labels,
+            what=f"store the history of AgentThread {thread.namespace}/{thread.name}",
+        )  # fmt: skip
+
+    async def _put_owned_secret(
+        self,
+        namespace: str,
+        name: str,
+        key: str,
+        payload: str,
+        owner: Owner,
+        labels: dict[str, str],
+        *,
+        what: str,
+    ) -> models.ContentRef:
+        """Create the Secret, or update it when ``owner`` owns it; never touch anyone else's."""
         data = {key: base64.b64encode(payload.encode()).decode()}
         secret = {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {
                 "name": name,
-                "namespace": run.ref.namespace,
-                "labels": child_labels(run),
-                "ownerReferences": [owner_reference(run)],
+                "namespace": namespace,
+                "labels": labels,
+                "ownerReferences": [owner.reference()],
             },
             "type": "Opaque",
             "data": data,
         }
-        action = f"store {purpose} of AgentRun {run.ref} in Secret {name}"
+        action = f"{what} in Secret {name}"
         try:
             with errors.translated(action):
-                await self._core.create_namespaced_secret(run.ref.namespace, secret, _request_timeout=self._timeout)
+                await self._core.create_namespaced_secret(namespace, secret, _request_timeout=self._timeout)
         except ports.Conflict:
-            # It exists: an earlier try of this attempt created it (its reply lost), or someone else did.
+            # It exists: an earlier try created it (its reply lost), an earlier turn did, or someone else.
             with errors.translated(action):
-                existing = await self._core.read_namespaced_secret(
-                    name, run.ref.namespace, _request_timeout=self._timeout
-                )
-            if not owned_by(existing.metadata, run):
+                existing = await self._core.read_namespaced_secret(name, namespace, _request_timeout=self._timeout)
+            if not owner.owns(existing.metadata):
                 raise ports.NotOwned(
-                    f"{action}: a Secret of that name exists and is not owned by this run; it is left untouched"
+                    f"{action}: a Secret of that name exists and is not owned by the {owner.kind}; it is left untouched"
                 ) from None
             patch = {"metadata": {"resourceVersion": existing.metadata.resource_version}, "data": data}
             with errors.translated(action):
                 await self._core.patch_namespaced_secret(
-                    name, run.ref.namespace, patch, _content_type=MERGE_PATCH, _request_timeout=self._timeout
+                    name, namespace, patch, _content_type=MERGE_PATCH, _request_timeout=self._timeout
                 )
         return models.ContentRef(kind="Secret", name=name, key=key, size_bytes=len(payload.encode()))
+
+    async def get_thread(self, namespace: str, name: str) -> ports.ThreadObject:
+        with errors.translated(f"read AgentThread {namespace}/{name}"):
+            body = await self._custom.get_namespaced_custom_object(
+                models.GROUP, models.VERSION, namespace, models.THREAD_PLURAL, name, _request_timeout=self._timeout
+            )
+        return ports.ThreadObject.from_body(body)
+
+    async def write_thread_status(
+        self, thread: ports.ThreadObject, status: models.AgentThreadStatus
+    ) -> ports.ThreadObject:
+        wire = status.to_wire()
+        patch = {
+            "metadata": {"resourceVersion": thread.resource_version},
+            "status": {name: wire.get(name) for name in THREAD_STATUS_FIELDS},
+        }
+        with errors.translated(f"write status of AgentThread {thread.namespace}/{thread.name}"):
+            body = await self._custom.patch_namespaced_custom_object_status(
+                models.GROUP, models.VERSION, thread.namespace, models.THREAD_PLURAL, thread.name, patch,
+                _content_type=MERGE_PATCH, _request_timeout=self._timeout,
+            )  # fmt: skip
+        return ports.ThreadObject.from_body(body)
 
     async def read_secret(self, namespace: str, name: str, key: str) -> str:
         with errors.translated(f"read Secret {namespace}/{name}"):
@@ -314,3 +370,23 @@ async def watch_run(
                             yield event["object"]
         except ports.Gone:
             resource_version = None
+
+
+async def create_run(api: client.ApiClient, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Create an AgentRun (``metadata.generateName`` gives it a fresh name); the object as stored."""
+    custom = client.CustomObjectsApi(api)
+    with errors.translated(f"create AgentRun in namespace {namespace}"):
+        body: dict[str, Any] = await custom.create_namespaced_custom_object(
+            models.GROUP, models.VERSION, namespace, models.PLURAL, manifest, _request_timeout=30
+        )
+    return body
+
+
+async def read_thread(api: client.ApiClient, namespace: str, name: str) -> ports.ThreadObject:
+    """One AgentThread; raises NotFound."""
+    custom = client.CustomObjectsApi(api)
+    with errors.translated(f"read AgentThread {namespace}/{name}"):
+        body = await custom.get_namespaced_custom_object(
+            models.GROUP, models.VERSION, namespace, models.THREAD_PLURAL, name, _request_timeout=30
+        )
+    return ports.ThreadObject.from_body(body)

@@ -52,3 +52,28 @@ def leave(states: Mapping[str, State], *, close: bool) -> models.SessionSnapshot
             for name, state in states.items()
         ],
     )
+
+
+def with_user_turn(
+    snapshot: models.SessionSnapshot | None, layer_names: Sequence[str], prompts: Sequence[str]
+) -> models.SessionSnapshot | None:
+    """``snapshot`` with ``prompts`` added as an unanswered user turn of the model layer's history.
+
+    This is what an interrupted run leaves in its thread: what was asked, without the
+    answer it never finished. Without a model layer or prompts, the snapshot is unchanged.
+    """
+    from agentrun.layers.builtin import model  # the model layer owns the history format
+
+    texts = [prompt for prompt in prompts if prompt.strip()]
+    if models.MODEL_LAYER not in layer_names or not texts:
+        return snapshot
+    states = {layer.name: layer for layer in snapshot.layers} if snapshot else {}
+    layers: list[models.LayerSnapshot] = []
+    for name in layer_names:
+        previous = states.get(name)
+        state = dict(previous.runtime_state) if previous else {}
+        if name == models.MODEL_LAYER:
+            state = model.with_user_turn(state, texts)
+        lifecycle = previous.lifecycle_state if previous else models.LifecycleState.SUSPENDED
+        layers.append(models.LayerSnapshot(name=name, lifecycle_state=lifecycle, runtime_state=state))
+    return models.SessionSnapshot(schema_version=1, layers=layers)

@@ -73,7 +73,9 @@ class Admitted:
     attempt: int
 
 
-async def admit(svc: services.Services, run: ports.RunObject, *, deadline: float | None = None) -> Admitted | None:
+async def admit(
+    svc: services.Services, run: ports.RunObject, *, deadline: float | None = None, thread_turn: int | None = None
+) -> Admitted | None:
     """Take ``run``: finalizer, then ``Running`` with the next attempt. ``None`` if it is not ours to run.
 
     A run that names an Agent records the Agent as it is now in the same write (on its
@@ -87,7 +89,9 @@ async def admit(svc: services.Services, run: ports.RunObject, *, deadline: float
     effective = models.resolve(spec, agent.spec if agent else None) if spec else None
     runner = models.RunnerStatus(mode=effective.mode if effective else models.RunnerMode.TASK, instance=svc.instance)
     attempt = len(held.status.attempts) + 1
-    start = functools.partial(changes.admit, runner=runner, agent=agent, now=svc.clock(), ring_size=svc.ring_size)
+    start = functools.partial(
+        changes.admit, runner=runner, agent=agent, thread_turn=thread_turn, now=svc.clock(), ring_size=svc.ring_size
+    )
     written = await svc.writer.write_status(held, start, what="admit", deadline=deadline)
     if written is None:
         return None
@@ -130,9 +134,14 @@ async def agent_record(svc: services.Services, run: ports.RunObject) -> models.A
         return models.AgentRecord(name=found.name, uid=found.uid, generation=found.generation, spec=found.spec)
 
 
-async def mark_queued(svc: services.Services, run: ports.RunObject) -> ports.RunObject | None:
-    """Record once that the run waits for a slot."""
-    written = await svc.writer.write_status(
-        run, functools.partial(changes.queue, now=svc.clock()), what="mark the run queued"
-    )
+async def mark_queued(
+    svc: services.Services,
+    run: ports.RunObject,
+    *,
+    reason: models.Reason = models.Reason.QUEUED,
+    message: str = transitions.QUEUED_MESSAGE,
+) -> ports.RunObject | None:
+    """Record once why the run waits: for a slot, or for its thread."""
+    change = functools.partial(changes.queue, now=svc.clock(), reason=reason, message=message)
+    written = await svc.writer.write_status(run, change, what="mark the run waiting")
     return written.run if written is not None else None

@@ -24,6 +24,7 @@ def admit(
     now: datetime.datetime,
     ring_size: int,
     agent: models.AgentRecord | None = None,
+    thread_turn: int | None = None,
 ) -> models.AgentRunStatus | None:
     """``Running`` with the next attempt recorded, if the run still waits for admission."""
     if current.deleting or current.cancel_requested or not current.phase_readable:
@@ -34,17 +35,29 @@ def admit(
     if retry_at is not None and retry_at > now:
         return None  # still backing off
     return transitions.admitted(
-        current.status, runner=runner, agent=agent, generation=current.generation, now=now, ring_size=ring_size
+        current.status,
+        runner=runner,
+        agent=agent,
+        thread_turn=thread_turn,
+        generation=current.generation,
+        now=now,
+        ring_size=ring_size,
     )
 
 
-def queue(current: ports.RunObject, *, now: datetime.datetime) -> models.AgentRunStatus | None:
-    """``Pending``/``Queued``, once, while the run waits for a slot."""
+def queue(
+    current: ports.RunObject,
+    *,
+    now: datetime.datetime,
+    reason: models.Reason = models.Reason.QUEUED,
+    message: str = transitions.QUEUED_MESSAGE,
+) -> models.AgentRunStatus | None:
+    """``Pending`` with why the run waits (a slot, its thread), once."""
     if current.deleting or not current.phase_readable or current.status.phase is not models.Phase.PENDING:
         return None
-    if current.status.reason == models.Reason.QUEUED.value:
+    if current.status.reason == reason.value and current.status.message == message:
         return None
-    return transitions.queued(current.status, generation=current.generation, now=now)
+    return transitions.queued(current.status, generation=current.generation, now=now, reason=reason, message=message)
 
 
 def progress(

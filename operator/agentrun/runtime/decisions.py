@@ -18,6 +18,8 @@ from agentrun.runtime import ports, transitions
 SHUTDOWN_MESSAGE = "run cancelled during operator shutdown"
 DELETED_MESSAGE = "run cancelled: the AgentRun was deleted while running"
 CANCEL_REQUESTED_MESSAGE = "run cancelled by request"
+INTERRUPTED_MESSAGE = "run interrupted: a newer run joined its AgentThread (multitaskStrategy interrupt or rollback)"
+THREAD_DELETED_MESSAGE = "run cancelled: its AgentThread was deleted"
 
 
 class StopCause(enum.Enum):
@@ -26,6 +28,8 @@ class StopCause(enum.Enum):
     DELETED = "deleted"
     REQUESTED = "requested"
     SHUTDOWN = "shutdown"
+    INTERRUPTED = "interrupted"
+    THREAD_DELETED = "thread-deleted"
 
     def ending(self) -> transitions.Ending:
         match self:
@@ -35,6 +39,10 @@ class StopCause(enum.Enum):
                 return transitions.Ending(models.Phase.CANCELLED, models.Reason.CANCELLED, CANCEL_REQUESTED_MESSAGE)
             case StopCause.SHUTDOWN:
                 return transitions.failure(models.Reason.OPERATOR_SHUTDOWN, SHUTDOWN_MESSAGE)
+            case StopCause.INTERRUPTED:
+                return transitions.Ending(models.Phase.CANCELLED, models.Reason.INTERRUPTED, INTERRUPTED_MESSAGE)
+            case StopCause.THREAD_DELETED:
+                return transitions.Ending(models.Phase.CANCELLED, models.Reason.CANCELLED, THREAD_DELETED_MESSAGE)
 
 
 class Verb(enum.StrEnum):

@@ -19,7 +19,7 @@ import pydantic_core
 
 from agentrun.api import models
 from agentrun.layers import compositor
-from agentrun.runtime import changes, decisions, metrics, ports, services, transitions, writer
+from agentrun.runtime import changes, decisions, metrics, ports, services, threads, transitions, writer
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ async def success(
         usage=result.usage,
         session_snapshot=result.session_snapshot if inline_snapshot else None,
         session_snapshot_ref=snapshot_ref,
+        conversation=result.session_snapshot,
     )
 
 
@@ -159,6 +160,7 @@ async def conclude(
         return stored  # waiting for its next attempt: still held
     if written.changed:
         announce_end(svc, stored)
+        await threads.release(svc, stored, ending)
     elif not stored.status.phase.terminal:
         return stored  # no longer ours to end (another instance's attempt, or already retrying)
     return await release(svc, stored, deadline=deadline)

@@ -76,6 +76,8 @@ class RunObject:
     deleting: bool
     status: models.AgentRunStatus
     status_problems: tuple[str, ...] = ()
+    created: datetime.datetime | None = None
+    """``metadata.creationTimestamp``: the order of runs in a thread's queue."""
     """Status fields this version could not read (they are kept as stored, never rewritten blindly)."""
     raw_spec: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
     """The spec as stored; parsed on first use, since most watch notifications never need it."""
@@ -130,12 +132,65 @@ class RunObject:
             deleting=metadata.get("deletionTimestamp") is not None,
             status=status,
             status_problems=tuple(problems),
+            created=_timestamp(metadata.get("creationTimestamp")),
             raw_spec=body.get("spec") or {},
         )
 
     @property
+    def thread_name(self) -> str | None:
+        """``spec.threadRef.name`` (read without parsing the whole spec)."""
+        ref = self.raw_spec.get("threadRef")
+        name = ref.get("name") if isinstance(ref, Mapping) else None
+        return name if isinstance(name, str) and name else None
+
+    @property
     def has_finalizer(self) -> bool:
         return models.FINALIZER in self.finalizers
+
+
+def _timestamp(value: Any) -> datetime.datetime | None:
+    if isinstance(value, datetime.datetime):
+        return value
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreadObject:
+    """An AgentThread as the runtime sees it."""
+
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    generation: int | None
+    spec: models.AgentThreadSpec
+    status: models.AgentThreadStatus
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ThreadObject:
+        metadata = body.get("metadata") or {}
+        try:
+            spec = models.AgentThreadSpec.model_validate(body.get("spec") or {})
+        except pydantic.ValidationError:
+            spec = models.AgentThreadSpec()
+        try:
+            status = models.AgentThreadStatus.model_validate(body.get("status") or {})
+        except pydantic.ValidationError:
+            status = models.AgentThreadStatus()
+        return cls(
+            namespace=metadata.get("namespace", ""),
+            name=metadata.get("name", ""),
+            uid=metadata.get("uid", ""),
+            resource_version=str(metadata.get("resourceVersion", "")),
+            generation=metadata.get("generation"),
+            spec=spec,
+            status=status,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,6 +219,15 @@ class RunApi(Protocol):
 
     async def get_agent(self, namespace: str, name: str) -> AgentObject:
         """An Agent; raises NotFound. An Agent whose spec this version cannot read has ``spec_error``."""
+
+    async def get_thread(self, namespace: str, name: str) -> ThreadObject:
+        """An AgentThread; raises NotFound."""
+
+    async def write_thread_status(self, thread: ThreadObject, status: models.AgentThreadStatus) -> ThreadObject:
+        """Patch the thread's status if it is still at ``thread.resource_version``; raises Conflict."""
+
+    async def store_thread_history(self, thread: ThreadObject, payload: str) -> models.ContentRef:
+        """Keep a conversation too large for the thread's status in a Secret the thread owns."""
 
     async def list_running(self) -> list[RunObject]:
         """Every watched run whose phase is Running (for orphan recovery)."""

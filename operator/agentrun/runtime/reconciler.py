@@ -25,7 +25,18 @@ from collections.abc import Coroutine
 from typing import Any
 
 from agentrun.api import models
-from agentrun.runtime import admission, attempts, decisions, ending, expiry, ports, recovery, services, transitions
+from agentrun.runtime import (
+    admission,
+    attempts,
+    decisions,
+    ending,
+    expiry,
+    ports,
+    recovery,
+    services,
+    threads,
+    transitions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +82,7 @@ class Reconciler:
         self._recovered = False
         self._draining = False
         self.expiry = expiry.Expiry(svc)
+        self._thread_waiters: dict[tuple[str, str], set[ports.RunRef]] = {}
         svc.metrics.active_runs.set_function(lambda: self._line.running)
         svc.metrics.queued_runs.set_function(lambda: self._line.waiting)
 
@@ -317,6 +329,9 @@ class Reconciler:
 
     def _after_action(self, entry: Entry) -> None:
         run = entry.run
+        if run.thread_name is not None and run.status.phase.terminal:
+            self._thread_waiters.get((run.ref.namespace, run.thread_name), set()).discard(run.ref)
+            self._wake_thread(run.ref.namespace, run.thread_name)
         if run.status.phase.terminal and not run.has_finalizer and entry.unrecorded is None:
             self._remember_released(run.ref)
             self._drop(entry)
@@ -329,7 +344,12 @@ class Reconciler:
     async def _attempt(self, entry: Entry) -> ports.RunObject | None:
         driver = entry.driver
         assert driver is not None
-        admitted = await admission.admit(self.svc, entry.run, deadline=driver.write_deadline)
+        turn = None
+        if entry.run.thread_name is not None:
+            turn, current = await self._join_thread(entry)
+            if turn is None:
+                return current
+        admitted = await admission.admit(self.svc, entry.run, deadline=driver.write_deadline, thread_turn=turn)
         if admitted is None:
             entry.dirty = True
             return None
@@ -351,6 +371,64 @@ class Reconciler:
         if recorded is None and not self._draining:
             entry.unrecorded = Unrecorded(end, driver.number, events)
         return recorded
+
+    async def _join_thread(self, entry: Entry) -> tuple[int | None, ports.RunObject | None]:
+        """Hold the run's thread before it is admitted: the turn it takes, or ``None`` and the run as it stands."""
+        run = entry.run
+        thread = run.thread_name
+        assert thread is not None
+        key = (run.ref.namespace, thread)
+        waiters = self._thread_waiters.setdefault(key, set())
+        others_first = any(
+            threads.created_order(self._entries[ref].run) < threads.created_order(run)
+            for ref in waiters
+            if ref != run.ref and ref in self._entries
+        )
+        claim = await threads.claim(self.svc, run, others_first=others_first)
+        match claim.gate:
+            case threads.Gate.CLAIMED:
+                waiters.discard(run.ref)
+                return threads.taken_turn(claim), run
+            case threads.Gate.MISSING:
+                waiters.discard(run.ref)
+                failure = transitions.failure(models.Reason.INVALID_REQUEST, threads.missing_message(run))
+                return None, await ending.conclude(self.svc, run, failure)
+            case threads.Gate.REJECT:
+                waiters.discard(run.ref)
+                assert claim.active is not None
+                failure = transitions.failure(models.Reason.INVALID_REQUEST, threads.busy_message(thread, claim.active))
+                return None, await ending.conclude(self.svc, run, failure)
+        waiters.add(run.ref)
+        if claim.interrupts and claim.active is not None:
+            self._stop_thread_run(run.ref.namespace, claim.active, decisions.StopCause.INTERRUPTED)
+        holder = claim.active or "an earlier run"
+        written = await admission.mark_queued(
+            self.svc, run, reason=models.Reason.THREAD_BUSY, message=threads.waiting_message(thread, holder)
+        )
+        return None, written
+
+    def thread_gone(self, namespace: str, name: str) -> None:
+        """An AgentThread was deleted: its active run is cancelled, its waiting runs fail."""
+        for entry in list(self._entries.values()):
+            run = entry.run
+            if run.ref.namespace == namespace and run.thread_name == name and entry.driver is not None:
+                entry.driver.stop(decisions.StopCause.THREAD_DELETED)
+        self._wake_thread(namespace, name)
+
+    def _stop_thread_run(self, namespace: str, name: str, cause: decisions.StopCause) -> None:
+        for entry in self._entries.values():
+            if entry.run.ref.namespace == namespace and entry.run.ref.name == name and entry.driver is not None:
+                entry.driver.stop(cause)
+
+    def _wake_thread(self, namespace: str, thread: str) -> None:
+        """The thread may be free: its waiting runs try again, first created first."""
+        waiters = self._thread_waiters.get((namespace, thread), set())
+        entries = sorted(
+            (self._entries[ref] for ref in waiters if ref in self._entries),
+            key=lambda entry: threads.created_order(entry.run),
+        )
+        for entry in entries:
+            self._reconcile(entry)
 
     async def _record_unrecorded(self, entry: Entry) -> ports.RunObject | None:
         pending = entry.unrecorded

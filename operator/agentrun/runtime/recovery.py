@@ -7,7 +7,7 @@ import functools
 import logging
 
 from agentrun.api import models
-from agentrun.runtime import changes, ending, ports, services, transitions
+from agentrun.runtime import changes, ending, ports, services, threads, transitions
 
 logger = logging.getLogger(__name__)
 
@@ -45,5 +45,6 @@ async def fail_orphan(svc: services.Services, run: ports.RunObject) -> Orphaned 
         return Orphaned(written.run)
     logger.warning("AgentRun %s: %s", run.ref, orphan.message)
     ending.record_finished(svc.metrics, written.run.status)
+    await threads.release(svc, written.run, orphan)
     svc.post_kube_event(written.run, ports.KubeEventType.WARNING, "OperatorRestarted", orphan.message)
     return Orphaned(await ending.release(svc, written.run))

@@ -62,6 +62,8 @@ class TaskRunner:
                 f"runner mode '{spec.mode.value}' is not available in this operator; use mode 'task'"
             )
         read_secret = self._secret_reader(run.ref.namespace)
+        if spec.thread_ref is not None:
+            spec = spec.model_copy(update={"session_snapshot": await self._thread_history(run, read_secret)})
         if spec.session_snapshot_ref is not None:
             snapshot = await load_snapshot(read_secret, spec.session_snapshot_ref)
             spec = spec.model_copy(update={"session_snapshot": snapshot})
@@ -70,6 +72,24 @@ class TaskRunner:
             spec = spec.model_copy(update={"limits": limits})
         context = base.RunContext(namespace=run.ref.namespace, read_secret=read_secret)
         return await compositor.run(spec, self._registry, context, sink.emit)
+
+    async def _thread_history(
+        self, run: ports.RunObject, read_secret: base.SecretReader
+    ) -> models.SessionSnapshot | None:
+        """The conversation the run's thread holds (in its status, or in the Secret it owns)."""
+        assert run.thread_name is not None
+        try:
+            thread = await self._api.get_thread(run.ref.namespace, run.thread_name)
+        except ports.NotFound:
+            raise errors.InvalidRequest(
+                f"AgentThread '{run.thread_name}' was not found in namespace '{run.ref.namespace}'"
+            ) from None
+        except ports.ApiError as error:
+            raise errors.CredentialsUnavailable(f"AgentThread '{run.thread_name}' could not be read: {error}") from None
+        if thread.status.history_ref is not None:
+            ref = thread.status.history_ref
+            return await load_snapshot(read_secret, models.SessionSnapshotRef(name=ref.name, key=ref.key))
+        return thread.status.history
 
     def _secret_reader(self, namespace: str) -> base.SecretReader:
         return functools.partial(read_run_secret, self._api, namespace)

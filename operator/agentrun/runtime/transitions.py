@@ -47,6 +47,8 @@ class Ending:
     usage: models.Usage | None = None
     session_snapshot: models.SessionSnapshot | None = None
     session_snapshot_ref: models.ContentRef | None = None
+    conversation: models.SessionSnapshot | None = dataclasses.field(default=None, compare=False, repr=False)
+    """The whole session the run leaves, even when offloaded: what its thread keeps as history."""
     status_code: int | None = None
     """HTTP status of the model error behind a ModelError ending, when there was one."""
 
@@ -144,17 +146,26 @@ def _succeeded_condition(
     return [*others, condition]
 
 
-def queued(status: models.AgentRunStatus, *, generation: int | None, now: datetime.datetime) -> models.AgentRunStatus:
-    """Accepted but waiting for a free slot under the concurrency cap."""
+QUEUED_MESSAGE = "waiting for a free slot: the operator's concurrent-run limit is reached"
+
+
+def queued(
+    status: models.AgentRunStatus,
+    *,
+    generation: int | None,
+    now: datetime.datetime,
+    reason: models.Reason = Reason.QUEUED,
+    message: str = QUEUED_MESSAGE,
+) -> models.AgentRunStatus:
+    """Accepted but waiting: for a free slot under the concurrency cap, or for its thread."""
     _guard(status)
-    message = "waiting for a free slot: the operator's concurrent-run limit is reached"
     return status.model_copy(
         update={
             "phase": Phase.PENDING,
-            "reason": Reason.QUEUED.value,
+            "reason": reason.value,
             "message": message,
             "conditions": _succeeded_condition(
-                status, models.ConditionStatus.UNKNOWN, Reason.QUEUED.value, message, generation=generation, now=now
+                status, models.ConditionStatus.UNKNOWN, reason.value, message, generation=generation, now=now
             ),
             "observed_generation": generation,
         }
@@ -169,6 +180,7 @@ def admitted(
     now: datetime.datetime,
     ring_size: int,
     agent: models.AgentRecord | None = None,
+    thread_turn: int | None = None,
 ) -> models.AgentRunStatus:
     """The operator took the run: ``Running``, ``run_started``, owner, heartbeat and attempt 1.
 
@@ -189,6 +201,7 @@ def admitted(
             "start_time": status.start_time or now,  # the deadline counts across attempts
             "next_attempt_time": None,
             "agent": status.agent or agent,
+            "thread_turn": status.thread_turn or thread_turn,
             "runner": runner.model_copy(update={"heartbeat_time": now}),
             "attempts": [*status.attempts, attempt],
             "conditions": _succeeded_condition(

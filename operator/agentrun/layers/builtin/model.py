@@ -30,6 +30,14 @@ def dump_history(messages: list[ai_messages.ModelMessage]) -> list[Any]:
     )
 
 
+def with_user_turn(state: base.State, prompts: list[str]) -> base.State:
+    """The model layer's state with ``prompts`` added as one user request that got no answer."""
+    history = load_history(state)
+    parts: list[ai_messages.ModelRequestPart] = [ai_messages.UserPromptPart(prompt) for prompt in prompts]
+    history.append(ai_messages.ModelRequest(parts=parts))
+    return {**state, HISTORY_KEY: dump_history(history)}
+
+
 class ModelLayer(base.Layer):
     """A layer that provides the model and carries the conversation between runs."""
 

@@ -17,6 +17,14 @@ class PromptConfig(base.LayerConfig):
         return [value] if isinstance(value, str) else value
 
 
+def user_prompts(config: dict[str, object]) -> list[str]:
+    """The user messages a ``plain.prompt`` layer's raw config asks (none when it is invalid)."""
+    try:
+        return PromptConfig.model_validate(config).user
+    except pydantic.ValidationError:
+        return []
+
+
 class PromptLayer(base.Layer):
     """Adds a system prompt and user messages. Blank messages are dropped by the compositor."""
 
