@@ -109,10 +109,14 @@ class Bench:
     workdir: pathlib.Path
     api: client.ApiClient
     custom: client.CustomObjectsApi
+    _namespaces: int = 0
 
     # --- cluster helpers -------------------------------------------------------------
 
-    async def namespace(self, name: str) -> str:
+    async def namespace(self, stem: str) -> str:
+        """A fresh namespace (a scenario may run more than once, as the warm-up floor does)."""
+        self._namespaces += 1
+        name = f"{stem}-{self._namespaces}"
         await client.CoreV1Api(self.api).create_namespace({"metadata": {"name": name}})
         return name
 
@@ -373,9 +377,36 @@ class Bench:
         }
 
 
+NAIVE_DISCOVERY_RULES = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: bench-naive-kopf-discovery}
+rules:
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: bench-naive-kopf-discovery}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: bench-naive-kopf-discovery}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: %s}
+"""
+
+
 @contextlib.contextmanager
 def naive_operator(bench: Bench, namespace: str) -> Iterator[processes.OperatorProcess]:
-    """The textbook kopf operator (bench/naive_operator.py) on the same workload."""
+    """The textbook kopf operator (bench/naive_operator.py) on the same workload.
+
+    It runs under the same identity as the operator (the audit log counts its writes the
+    same way), plus what a default kopf operator needs and agentrun does not: listing
+    namespaces and CRDs.
+    """
+    bench.cluster.kubectl("apply", "-f", "-", stdin=NAIVE_DISCOVERY_RULES % localcluster.OPERATOR_USER)
     process = processes.OperatorProcess(
         kubeconfig=bench.cluster.operator_kubeconfig, namespaces=[namespace], log_dir=bench.workdir
     )
