@@ -320,28 +320,27 @@ class Bench:
             "phases": dict(collections.Counter(i["status"]["phase"] for i in items.values())),
         }
 
-    async def restart(self, finished: int) -> dict[str, Any]:
-        """Start over ``finished`` finished runs: time to ready, and writes made to them."""
-        namespace = await self.namespace(f"restart-{finished}")
+    async def seed_finished(self, namespace: str, count: int, **spec: Any) -> None:
+        """``count`` runs that finished long ago, written straight to the API server."""
         status = manifests.finished_status()
         semaphore = asyncio.Semaphore(CREATE_CONCURRENCY)
 
         async def seed(i: int) -> None:
             async with semaphore:
-                await self.custom.create_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, echo_run(f"done-{i}")
-                )
+                manifest = echo_run(f"done-{i}")
+                manifest["spec"].update(spec)
+                await self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
                 await self.custom.patch_namespaced_custom_object_status(
-                    GROUP,
-                    VERSION,
-                    namespace,
-                    PLURAL,
-                    f"done-{i}",
-                    {"status": status},
+                    GROUP, VERSION, namespace, PLURAL, f"done-{i}", {"status": status},
                     _content_type="application/merge-patch+json",
-                )
+                )  # fmt: skip
 
-        await asyncio.gather(*(seed(i) for i in range(finished)))
+        await asyncio.gather(*(seed(i) for i in range(count)))
+
+    async def restart(self, finished: int) -> dict[str, Any]:
+        """Start over ``finished`` finished runs: time to ready, and writes made to them."""
+        namespace = await self.namespace(f"restart-{finished}")
+        await self.seed_finished(namespace, finished)
         began = time.monotonic()
         process = processes.OperatorProcess(
             kubeconfig=self.cluster.operator_kubeconfig,
@@ -374,6 +373,41 @@ class Bench:
             "seconds_to_first_new_run_done": round(settled, 2),
             "writes_to_finished_runs": len(writes),
             "operator_rss_mb": round(rss / 2**20, 1),
+        }
+
+    async def expiry(self, expired: int, probes: int) -> dict[str, Any]:
+        """``expired`` runs past their time to live, deleted while ``probes`` new runs go one at a time."""
+        namespace = await self.namespace(f"expiry-{expired}")
+        await self.seed_finished(namespace, expired, ttlSecondsAfterFinished=60)
+        to_done: list[float] = []
+        began = time.monotonic()
+        with self.operator(namespace):
+            for i in range(probes):
+                created = await self.create_runs(namespace, [echo_run(f"probe-{i}")])
+                while True:
+                    body = await self.custom.get_namespaced_custom_object(
+                        GROUP, VERSION, namespace, PLURAL, f"probe-{i}"
+                    )
+                    status = body.get("status") or {}
+                    if status.get("phase") in TERMINAL:
+                        to_done.append(parse_time(status["completionTime"]) - created[f"probe-{i}"])
+                        break
+                    await asyncio.sleep(0.005)
+            while True:
+                listed = await self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, limit=1)
+                left = (listed.get("metadata") or {}).get("remainingItemCount", 0) + len(listed["items"]) - probes
+                if left <= 0:
+                    break
+                if time.monotonic() - began > 600:
+                    raise RuntimeError(f"{left} expired runs still present after 600 s")
+                await asyncio.sleep(0.5)
+            deleted_in = time.monotonic() - began
+        return {
+            "expired_runs": expired,
+            "seconds_to_delete_all": round(deleted_in, 2),
+            "deletions_per_second": round(expired / deleted_in, 1),
+            "new_runs_meanwhile": probes,
+            "create_to_succeeded": latency_summary(to_done),
         }
 
 
@@ -486,6 +520,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "concurrency", bench.concurrency(200 if not args.quick else 40, 2.0, 100 if not args.quick else 20)
             )
             results["restart"] = await step("restart", bench.restart(10_000 if not args.quick else 500))
+            results["expiry"] = await step("expiry", bench.expiry(2000 if not args.quick else 200, 20))
     return results
 
 
@@ -523,6 +558,12 @@ def table(results: dict[str, Any]) -> str:
         f"Restart over {r['finished_runs']} finished runs: ready in {r['seconds_to_ready']} s, "
         f"first new run done at {r['seconds_to_first_new_run_done']} s, "
         f"{r['writes_to_finished_runs']} writes to finished runs, RSS {r['operator_rss_mb']} MB."
+    )
+    e = results["expiry"]
+    lines.append(
+        f"Expiry: {e['expired_runs']} runs past their time to live deleted in {e['seconds_to_delete_all']} s "
+        f"({e['deletions_per_second']}/s) while {e['new_runs_meanwhile']} new runs, one at a time, took "
+        f"create→Succeeded p50 {e['create_to_succeeded']['p50_ms']} ms, p95 {e['create_to_succeeded']['p95_ms']} ms."
     )
     return "\n".join(lines)
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import pathlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from agentrun import __version__
@@ -165,8 +166,38 @@ def chat_run(thread: str, message: str, agent: str) -> dict[str, Any]:
 
 
 async def _chat(thread: str, message: str, namespace: str | None, *, agent: str | None) -> int:
-    from agentrun.kube import connection
+    return await _with_cluster(namespace, functools.partial(_take_turn, thread, message, agent=agent))
+
+
+async def _take_turn(thread: str, message: str, api: Any, namespace: str, *, agent: str | None) -> int:
     from agentrun.kube import store as kube_store
+
+    found = await kube_store.read_thread(api, namespace, thread)
+    agent = agent or (found.spec.agent_ref.name if found.spec.agent_ref else None)
+    if agent is None:
+        print(f"error: AgentThread {namespace}/{thread} names no Agent: pass --agent NAME", file=sys.stderr)
+        return EXIT_ERROR
+    created = await kube_store.create_run(api, namespace, chat_run(thread, message, agent))
+    name = created["metadata"]["name"]
+    print(f"run {name}", file=sys.stderr)
+    printed = 0
+    async for body in kube_store.watch_run(api, namespace, name):
+        status = body.get("status") or {}
+        for event in status.get("events") or []:
+            if event["id"] > printed:
+                printed = event["id"]
+                print(f"  {event['type']:<14} {_detail(event)}", file=sys.stderr, flush=True)
+        phase = models.Phase(status.get("phase", models.Phase.PENDING.value))
+        if phase.terminal:
+            _print_answer(status)
+            return PHASE_EXIT_CODES[phase]
+    print(f"error: AgentRun {namespace}/{name} was deleted", file=sys.stderr)
+    return EXIT_NOT_FOUND
+
+
+async def _with_cluster(namespace: str | None, work: Callable[[Any, str], Awaitable[int]]) -> int:
+    """Run ``work(api, namespace)`` against the kubeconfig's cluster; API errors become exit codes."""
+    from agentrun.kube import connection
     from agentrun.runtime import ports
 
     try:
@@ -174,29 +205,8 @@ async def _chat(thread: str, message: str, namespace: str | None, *, agent: str 
     except Exception as error:  # any kubeconfig problem is reported the same way
         print(f"error: cannot load Kubernetes configuration: {error}", file=sys.stderr)
         return EXIT_ERROR
-    namespace = namespace or connection.current_namespace()
     try:
-        found = await kube_store.read_thread(conn.api, namespace, thread)
-        agent = agent or (found.spec.agent_ref.name if found.spec.agent_ref else None)
-        if agent is None:
-            print(f"error: AgentThread {namespace}/{thread} names no Agent: pass --agent NAME", file=sys.stderr)
-            return EXIT_ERROR
-        created = await kube_store.create_run(conn.api, namespace, chat_run(thread, message, agent))
-        name = created["metadata"]["name"]
-        print(f"run {name}", file=sys.stderr)
-        printed = 0
-        async for body in kube_store.watch_run(conn.api, namespace, name):
-            status = body.get("status") or {}
-            for event in status.get("events") or []:
-                if event["id"] > printed:
-                    printed = event["id"]
-                    print(f"  {event['type']:<14} {_detail(event)}", file=sys.stderr, flush=True)
-            phase = models.Phase(status.get("phase", models.Phase.PENDING.value))
-            if phase.terminal:
-                _print_answer(status)
-                return PHASE_EXIT_CODES[phase]
-        print(f"error: AgentRun {namespace}/{name} was deleted", file=sys.stderr)
-        return EXIT_NOT_FOUND
+        return await work(conn.api, namespace or connection.current_namespace())
     except ports.NotFound as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_NOT_FOUND
@@ -222,21 +232,18 @@ def _print_answer(status: dict[str, Any]) -> None:
 
 
 async def _events(name: str, namespace: str | None, *, follow: bool, output: str) -> int:
-    from agentrun.kube import connection
+    return await _with_cluster(namespace, functools.partial(_print_events, name, follow=follow, output=output))
+
+
+async def _print_events(name: str, api: Any, namespace: str, *, follow: bool, output: str) -> int:
     from agentrun.kube import store as kube_store
     from agentrun.runtime import ports
 
-    try:
-        conn = await connection.connect(request_timeout=30.0)
-    except Exception as error:  # any kubeconfig problem is reported the same way
-        print(f"error: cannot load Kubernetes configuration: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    namespace = namespace or connection.current_namespace()
     printed = 0
     if output == "table":
         print(f"{'ID':>4}  {'TIME':<27}  {'TYPE':<14}  DETAIL")
     try:
-        async for body in kube_store.watch_run(conn.api, namespace, name):
+        async for body in kube_store.watch_run(api, namespace, name):
             status = body.get("status") or {}
             for event in status.get("events") or []:
                 if event["id"] <= printed:
@@ -253,13 +260,8 @@ async def _events(name: str, namespace: str | None, *, follow: bool, output: str
                 return PHASE_EXIT_CODES[phase]
             if not follow:
                 return EXIT_NOT_FINISHED
-        print(f"error: AgentRun {namespace}/{name} was deleted", file=sys.stderr)
-        return EXIT_NOT_FOUND
     except ports.NotFound:
         print(f"error: AgentRun {namespace}/{name} not found", file=sys.stderr)
         return EXIT_NOT_FOUND
-    except ports.ApiError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    finally:
-        await conn.close()
+    print(f"error: AgentRun {namespace}/{name} was deleted", file=sys.stderr)
+    return EXIT_NOT_FOUND
