@@ -6,6 +6,8 @@ is safe to show: it never contains a credential.
 
 from __future__ import annotations
 
+import copy
+
 from agentrun.api import models
 
 
@@ -17,6 +19,13 @@ class RunFailure(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def with_message(self, message: str) -> RunFailure:
+        """The same failure, of the same class, told with ``message`` instead."""
+        told = copy.copy(self)
+        told.message = message
+        told.args = (message,)
+        return told
 
 
 class InvalidRequest(RunFailure):
