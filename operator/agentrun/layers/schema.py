@@ -29,16 +29,17 @@ from agentrun.layers import regex
 
 RECURSION_MESSAGE = "Recursive $defs refs are not supported for structured output exposure."
 LOCAL_PREFIX = "#/$defs/"
-DIALECTS = frozenset({"https://json-schema.org/draft/2020-12/schema", "https://json-schema.org/draft/2020-12/schema#"})
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 MAX_SCHEMA_DEPTH = 32
 """Deepest nesting of objects and arrays in the schema, as written and once inlined."""
-MAX_SCHEMA_NODES = 10_000
+MAX_SCHEMA_NODES = 5_000
 """Most JSON values (objects, arrays, scalars) in the schema, as written and once inlined."""
 MAX_SCHEMA_TEXT = 256 * 1024
 """Most characters of keys and strings in the schema, as written and once inlined."""
-MAX_SCHEMA_PATTERNS = 256
-"""Most distinct regular expressions (``pattern`` values, ``patternProperties`` keys)."""
+MAX_SCHEMA_PATTERNS = 100
+"""Most distinct regular expressions (``pattern`` values, ``patternProperties`` keys): each
+is compiled when the schema is checked and again when outputs are validated."""
 
 # Where JSON Schema 2020-12 holds subschemas; every other keyword's value is data
 # (``const``, ``enum``, ``default``, ``examples``) or an annotation.
@@ -76,7 +77,7 @@ def prepare_output_schema(schema: Any) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise SchemaRejected(f"output jsonSchema must be a JSON object, got {type(schema).__name__}")
     _Budget("as written").measure(schema)
-    _check_references(schema)
+    _check_keywords(schema)
     _check_against_metaschema(schema)
     _require_object(schema)
     defs = schema.get("$defs", {})
@@ -142,7 +143,7 @@ class _Budget:
                 pending.extend((item, depth + 1) for item in value)
 
 
-# --- references -----------------------------------------------------------------------
+# --- keywords -------------------------------------------------------------------------
 
 
 def _subschemas(schema: dict[str, Any]) -> Iterator[Any]:
@@ -166,7 +167,8 @@ def _walk(schema: Any) -> Iterator[tuple[dict[str, Any], bool]]:
             pending.extend((sub, False) for sub in _subschemas(node))
 
 
-def _check_references(schema: dict[str, Any]) -> None:
+def _check_keywords(schema: dict[str, Any]) -> None:
+    """Refuse what could leave the document, count the patterns, and refuse what we cannot match with RE2."""
     patterns: set[str] = set()
     uses: set[str] = set()
     for node, root in _walk(schema):
@@ -184,10 +186,9 @@ def _check_references(schema: dict[str, Any]) -> None:
                         f"{keyword} {node[keyword]!r} is only allowed at the root of the output jsonSchema: "
                         "an embedded schema resource would change what its refs point to."
                     )
-        elif "$schema" in node and node["$schema"] not in DIALECTS:
+        elif "$schema" in node and node["$schema"] not in (DIALECT, f"{DIALECT}#"):
             raise SchemaRejected(
-                f"$schema {node['$schema']!r} is not supported: output schemas are JSON Schema 2020-12 "
-                f"({min(DIALECTS)})."
+                f"$schema {node['$schema']!r} is not supported: output schemas are JSON Schema 2020-12 ({DIALECT})."
             )
         if isinstance(node.get("pattern"), str):
             patterns.add(node["pattern"])
