@@ -486,6 +486,12 @@ HOSTILE = "a" * 50_000 + "!"
         pytest.param(_object(x={"type": "string", "pattern": "^(a+)+$"}), {"x": HOSTILE}, False, id="pattern"),
         pytest.param(_object(x={"type": "string", "pattern": "^(a|aa)+$"}), {"x": "a" * 50_000}, True, id="alt"),
         pytest.param(
+            {"$schema": schema.DIALECT, **_object(x=_object(y={"type": "string", "pattern": "^(a+)+$"}))},
+            {"x": {"y": HOSTILE}},
+            False,
+            id="nested-under-a-declared-dialect",
+        ),
+        pytest.param(
             {"type": "object", "patternProperties": {"^(a+)+$": {"type": "integer"}}},
             {HOSTILE: "not checked", "aaa": 1},
             True,
