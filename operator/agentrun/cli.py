@@ -32,6 +32,9 @@ EXIT_NOT_FINISHED = 4
 EXIT_NOT_FOUND = 5
 EXIT_ERROR = 6
 
+JSON_NESTING_LIMIT = 20_000
+"""Recursion the operator allows for decoding deeply nested objects from the API server."""
+
 PHASE_EXIT_CODES = {
     models.Phase.SUCCEEDED: EXIT_SUCCEEDED,
     models.Phase.FAILED: EXIT_FAILED,
@@ -98,6 +101,9 @@ def run_operator(argv: Sequence[str]) -> int:
     from agentrun import handlers, settings
 
     config = settings.Settings(_cli_parse_args=list(argv))
+    # The watch decodes whole objects: a run whose open fields nest deeper than Python's
+    # default recursion limit (the API server accepts such objects) must not stop the watch.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), JSON_NESTING_LIMIT))
     log_format = kopf.LogFormat.JSON if config.log_format is settings.LogFormat.JSON else kopf.LogFormat.PLAIN
     kopf.configure(log_format=log_format, log_refkey="object")
     configure_logging(config.log_level)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import pathlib
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -181,3 +182,32 @@ def test_every_attempt_is_in_the_ledger_before_it_runs(
     running = [s for s in watch.versions("ledger") if s.get("phase") == "Running"]
     assert running
     assert all(len(s["attempts"]) == 1 and "completionTime" not in s["attempts"][0] for s in running)
+
+
+@pytest.fixture
+def deep_json() -> Iterator[None]:
+    """This test reads the deep object back too: let the test process decode it."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)
+    yield
+    sys.setrecursionlimit(limit)
+
+
+@pytest.mark.usefixtures("deep_json")
+def test_a_deeply_nested_run_does_not_stop_the_watch(
+    cluster: harness.Cluster, namespace: str, operator: harness.OperatorProcess
+) -> None:
+    levels = 700  # about 1,400 JSON levels: past Python's default recursion limit
+    schema = '{"type":"object","properties":{"x":' * levels + '{"type":"object"}' + "}}" * levels
+    layers = [
+        {"name": "llm", "type": "model.echo"},
+        {"name": "prompt", "type": "plain.prompt", "config": {"user": "hi"}},
+        {"name": "output", "type": "agentrun.output", "config": {"jsonSchema": "SCHEMA"}},
+    ]
+    manifest = json.dumps(harness.agent_run("deep", layers)).replace('"SCHEMA"', schema)
+    cluster.kubectl("create", "-n", namespace, "-f", "-", stdin=manifest)
+    cluster.apply(harness.echo_run("after", "still watching"), namespace)
+
+    assert cluster.wait_phase("after", namespace, timeout=60)["status"]["phase"] == "Succeeded"
+    deep_status = cluster.wait_phase("deep", namespace, timeout=60)["status"]
+    assert (deep_status["phase"], deep_status["reason"]) == ("Failed", "InvalidRequest")

@@ -15,11 +15,13 @@ discover CRDs or namespaces at run time. See README.md, "RBAC".
 - apiGroups: ["agentrun.dev"]
   resources: ["agents"]
   verbs: ["get"]
-# Keep conversations: watch AgentThreads (a deleted thread cancels its active run), read one
-# when a run joins it, and record its active run and history in its status.
+# Keep conversations: watch AgentThreads (a deleted thread cancels its active run) and read
+# one when a run joins it.
 - apiGroups: ["agentrun.dev"]
   resources: ["agentthreads"]
   verbs: ["get", "list", "watch"]
+# Record a thread's active run, turns and history through its status subresource, with a
+# resourceVersion-guarded merge patch.
 - apiGroups: ["agentrun.dev"]
   resources: ["agentthreads/status"]
   verbs: ["patch"]
