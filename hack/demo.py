@@ -2,8 +2,9 @@
 
 Starts etcd + kube-apiserver on loopback, runs ``agentrun operator`` exactly as the
 container does, applies ``examples/`` (the echo model: no key, no network), continues
-the two-turn conversation from the first turn's session snapshot, and prints what
-``kubectl get ar`` and ``agentrun events`` show. ``--keep`` leaves it all running.
+the two-turn conversation from the first turn's session snapshot, runs an Agent, holds a
+three-turn conversation in an AgentThread with ``kubectl agentrun chat``, and prints what
+``kubectl get`` and ``agentrun events`` show. ``--keep`` leaves it all running.
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 WORKDIR = ROOT / ".demo"
 NAMESPACE = "demo"
 AGENTRUN = processes.AGENTRUN
-ORDER = ["hello.yaml", "structured-output.yaml", "conversation-1.yaml", "invalid-blank-prompt.yaml"]
+ORDER = [
+    "hello.yaml",
+    "structured-output.yaml",
+    "conversation-1.yaml",
+    "invalid-blank-prompt.yaml",
+    "agent.yaml",
+    "agent-run.yaml",
+    "thread.yaml",
+]
+THREAD_TURNS = ["What did I just ask you?", "Thanks. Anything else I should check?"]
 
 
 def banner(text: str) -> None:
@@ -45,8 +55,21 @@ class Demo:
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         return self.cluster.kubectl(*args, stdin=stdin).stdout
 
-    def apply(self, manifest: dict[str, Any]) -> None:
-        print(self.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=yaml.safe_dump(manifest)).strip())
+    def apply(self, manifest: dict[str, Any] | str) -> None:
+        text = manifest if isinstance(manifest, str) else yaml.safe_dump(manifest)
+        print(self.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=text).strip())
+
+    def chat(self, thread: str, message: str) -> None:
+        result = subprocess.run(
+            [str(AGENTRUN), "chat", thread, message, "-n", NAMESPACE],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        print(f'$ kubectl agentrun chat {thread} "{message}"   (exit code {result.returncode})')
+        print(result.stderr.rstrip())
+        print(result.stdout.rstrip())
 
     def wait_terminal(self, name: str, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -84,8 +107,8 @@ def run(keep: bool) -> int:
         try:
             banner("Applying examples/")
             for name in ORDER:
-                demo.apply(yaml.safe_load((ROOT / "examples" / name).read_text()))
-            for name in ("hello", "summarize-incident", "conversation-1", "blank-prompt"):
+                demo.apply((ROOT / "examples" / name).read_text())
+            for name in ("hello", "summarize-incident", "conversation-1", "blank-prompt", "summarize-incident-42"):
                 demo.wait_terminal(name)
 
             banner("Second turn: conversation-2 continues conversation-1's session")
@@ -96,9 +119,24 @@ def run(keep: bool) -> int:
             demo.apply(second)
             demo.wait_terminal("conversation-2")
 
+            banner("A conversation in an AgentThread: two more turns with kubectl agentrun chat")
+            demo.wait_terminal("support-chat-turn-1")
+            for message in THREAD_TURNS:
+                demo.chat("support-chat", message)
+            print(demo.kubectl("get", "thread", "-n", NAMESPACE).rstrip())
+
+            banner("kubectl get agents")
+            print(demo.kubectl("get", "agents", "-n", NAMESPACE).rstrip())
             banner("kubectl get agentruns")
             print(demo.kubectl("get", "ar", "-n", NAMESPACE, "-o", "wide").rstrip())
-            for name in ("hello", "summarize-incident", "conversation-1", "conversation-2", "blank-prompt"):
+            for name in (
+                "hello",
+                "summarize-incident",
+                "conversation-1",
+                "conversation-2",
+                "blank-prompt",
+                "summarize-incident-42",
+            ):
                 banner(name)
                 output = demo.kubectl("get", "ar", name, "-n", NAMESPACE, "-o", "jsonpath={.status.output}")
                 if output:

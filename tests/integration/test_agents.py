@@ -56,7 +56,8 @@ def test_a_run_uses_an_agent_with_its_own_layer_overrides(
     assert custom["agent"]["generation"] == 1
     assert custom["agent"]["spec"]["defaults"] == {"timeoutSeconds": 30}
     listed = cluster.kubectl("get", "agents", "-n", namespace).stdout.splitlines()
-    assert listed[0].split() == ["NAME", "MODEL", "AGE"]
+    assert listed[0].split() == ["NAME", "TYPE", "MODEL", "AGE"]
+    assert listed[1].split()[:2] == ["sre", "model.echo"]
     everything = cluster.kubectl("get", "agentrun-all", "-n", namespace, "-o", "name").stdout.split()
     assert sorted(everything) == [
         "agent.agentrun.dev/sre",

@@ -212,6 +212,12 @@ class Kind:
 
 AGENT_PRINTER_COLUMNS: tuple[dict[str, Any], ...] = (
     {
+        "name": "Type",
+        "type": "string",
+        "jsonPath": '.spec.composition.layers[?(@.name=="llm")].type',
+        "description": "The type of the agent's llm layer.",
+    },
+    {
         "name": "Model",
         "type": "string",
         "jsonPath": '.spec.composition.layers[?(@.name=="llm")].config.model',
