@@ -8,6 +8,9 @@ The requested model name picks the behaviour, so one server serves every case:
 - ``r429`` / ``r500`` / ``r400``: provider errors with an OpenAI-style error body;
 - ``flaky-N-CODE`` (for example ``flaky-2-503``): the first N requests for that model
   name fail with HTTP CODE, later ones answer as ``ok`` does.
+- ``r401-echo``: a 401 whose error body echoes the API key it was sent, in full, as
+  careless or hostile providers do;
+- ``slow``: no answer until the server stops, so only a request timeout ends the wait.
 
 Every request body is recorded, with its Authorization header, for assertions.
 """
@@ -58,6 +61,7 @@ class FakeLLM:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
+        self._stopping: asyncio.Event | None = None
         self.base_url = ""
 
     def start(self) -> FakeLLM:
@@ -66,6 +70,8 @@ class FakeLLM:
         return self
 
     def stop(self) -> None:
+        if self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -76,6 +82,7 @@ class FakeLLM:
         return [r.body for r in self.received if r.body.get("model") == model]
 
     async def _start(self) -> str:
+        self._stopping = asyncio.Event()
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         self._runner = web.AppRunner(app, access_log=None)
@@ -102,6 +109,19 @@ class FakeLLM:
                 self._failures_served[model] = served + 1
                 error = {"message": f"temporarily unavailable ({served + 1} of {count})", "type": "server_error"}
                 return web.json_response({"error": error}, status=int(code))
+        if model == "r401-echo":
+            key = (request.headers.get("Authorization") or "").removeprefix("Bearer ")
+            error = {
+                "message": f"Incorrect API key provided: {key}. Check the key and try again.",
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+                "key": key,
+            }
+            return web.json_response({"error": error}, status=401)
+        if model == "slow":
+            assert self._stopping is not None
+            await self._stopping.wait()
+            return web.json_response(_completion(model, {"content": "too late"}))
         if model == "r500":
             error = {"message": "The server had an error while processing your request", "type": "server_error"}
             return web.json_response({"error": error}, status=500)

@@ -20,6 +20,7 @@ from typing import Any
 
 from agentrun import __version__
 from agentrun.api import crd, models
+from agentrun.layers import redaction
 
 # Exit codes of `agentrun events`, so scripts can tell how a run ended.
 EXIT_SUCCEEDED = 0
@@ -77,13 +78,7 @@ def run_operator(argv: Sequence[str]) -> int:
     config = settings.Settings(_cli_parse_args=list(argv))
     log_format = kopf.LogFormat.JSON if config.log_format is settings.LogFormat.JSON else kopf.LogFormat.PLAIN
     kopf.configure(log_format=log_format, log_refkey="object")
-    logging.getLogger().setLevel(config.log_level.upper())
-    # kopf logs every handled watch event at INFO; the operator logs what matters itself.
-    if logging.getLogger().getEffectiveLevel() >= logging.INFO:
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    # Per-request lines from the HTTP stack add nothing an operator can act on.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(config.log_level)
     context = handlers.OperatorContext(settings=config)
     asyncio.run(
         kopf.operator(
@@ -95,6 +90,55 @@ def run_operator(argv: Sequence[str]) -> int:
         )
     )
     return 0
+
+
+QUIET_LOGGERS = (
+    "kubernetes_asyncio",
+    "aiohttp.access",
+    "httpx",
+    "httpx2",
+    "httpcore",
+    "httpcore2",
+    "openai",
+    "hpack",
+    "h2",
+)
+"""Libraries kept at WARNING whatever the operator's level. At DEBUG they print HTTP
+bodies and headers: kubernetes_asyncio every response body (a Secret's data included),
+httpcore response headers, hpack the request headers it encodes (Authorization
+included). Their per-request lines at INFO add nothing an operator can act on."""
+
+
+def configure_logging(level: str) -> None:
+    """Apply the operator's log level, keep the HTTP stack quiet, and mask credentials."""
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    # kopf logs every handled watch event at INFO; the operator logs what matters itself.
+    if root.getEffectiveLevel() >= logging.INFO:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for handler in root.handlers:
+        if not any(isinstance(existing, CredentialFilter) for existing in handler.filters):
+            handler.addFilter(CredentialFilter())
+
+
+class CredentialFilter(logging.Filter):
+    """Masks what looks like a credential in a log record: its message and its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+            masked = redaction.redact_credentials(message)
+            if masked != message:
+                record.msg, record.args = masked, None
+            if record.exc_info:
+                # Formatted here so the masked text is what every formatter prints.
+                text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+                record.exc_info, record.exc_text = None, redaction.redact_credentials(text)
+        except Exception:  # a record that cannot be formatted is the handler's to report, not ours
+            return True
+        return True
 
 
 def _crd(output: pathlib.Path | None, check: pathlib.Path | None) -> int:

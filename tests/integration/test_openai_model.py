@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +16,8 @@ import harness
 pytestmark = pytest.mark.integration
 
 API_KEY = "sk-test-4f1d2c9b8a7e6d5c"
+KEY_FORMS = (API_KEY, base64.b64encode(API_KEY.encode()).decode())
+"""The key as sent, and as a Secret's body carries it."""
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +39,7 @@ def openai_run(
 ) -> dict[str, Any]:
     output = extra.pop("output", None)
     secret = extra.pop("secret", {"name": "llm-credentials", "key": "api-key"})
+    settings = extra.pop("settings", {"temperature": 0.2, "maxTokens": 100})
     layers = [
         {
             "name": "llm",
@@ -43,7 +48,7 @@ def openai_run(
                 "model": model,
                 "baseURL": llm.base_url,
                 "apiKeySecretRef": secret,
-                "settings": {"temperature": 0.2, "maxTokens": 100},
+                "settings": settings,
             },
         },
         {"name": "prompt", "type": "plain.prompt", "config": {"prefix": "Be brief.", "user": prompt}},
@@ -58,9 +63,11 @@ def assert_secret_nowhere(
 ) -> None:
     body = json.dumps(cluster.get("agentrun", name, namespace))
     events = json.dumps(cluster.events_for(name, namespace))
-    assert API_KEY not in body
-    assert API_KEY not in events
-    assert API_KEY not in operator.logs()
+    logs = operator.logs()
+    for form in KEY_FORMS:
+        assert form not in body
+        assert form not in events
+        assert form not in logs
 
 
 def test_success_records_usage_and_uses_the_secret(
@@ -91,6 +98,11 @@ def test_success_records_usage_and_uses_the_secret(
     [
         pytest.param("r429", "returned HTTP 429: Rate limit reached for requests (rate_limit_exceeded)", id="429"),
         pytest.param("r500", "returned HTTP 500: The server had an error while processing your request", id="500"),
+        pytest.param(
+            "r401-echo",
+            "returned HTTP 401: Incorrect API key provided: [redacted]. Check the key and try again. (invalid_api_key)",
+            id="401-echoing-the-key",
+        ),
     ],
 )
 def test_provider_errors_fail_with_model_error(
@@ -105,9 +117,9 @@ def test_provider_errors_fail_with_model_error(
     cluster.apply(openai_run("provider-error", llm, model), namespace)
     status = cluster.wait_phase("provider-error", namespace)["status"]
     assert (status["phase"], status["reason"]) == ("Failed", "ModelError")
+    assert_secret_nowhere(cluster, namespace, "provider-error", operator)
     assert expected in status["message"]
     assert status["events"][-1]["type"] == "run_failed"
-    assert_secret_nowhere(cluster, namespace, "provider-error", operator)
 
 
 def test_invalid_structured_output_is_retried_then_output_invalid(
@@ -206,3 +218,39 @@ def test_second_turn_sees_the_first_turns_history(
         {"role": "assistant", "content": "Hello from fake (turn 1)"},
         {"role": "user", "content": "What is my name?"},
     ]
+
+
+def test_no_log_level_prints_the_key(
+    cluster: harness.Cluster,
+    namespace: str,
+    start_operator: Any,
+    llm: fake_llm.FakeLLM,
+    credentials: None,
+) -> None:
+    """At DEBUG the operator reads the Secret, sends the key and gets it echoed back: none of it is printed."""
+    operator = start_operator(namespace, log_level="DEBUG")
+    cluster.apply(openai_run("debug-ok", llm, "ok"), namespace)
+    cluster.apply(openai_run("debug-echo", llm, "r401-echo"), namespace)
+    assert cluster.wait_phase("debug-ok", namespace)["status"]["phase"] == "Succeeded"
+    failed = cluster.wait_phase("debug-echo", namespace)["status"]
+    assert (failed["phase"], failed["reason"]) == ("Failed", "ModelError")
+    assert llm.received[-1].authorization == f"Bearer {API_KEY}"  # the key did reach the provider
+    assert "layer types registered" in operator.logs()  # a DEBUG line: the level really was DEBUG
+    for name in ("debug-ok", "debug-echo"):
+        assert_secret_nowhere(cluster, namespace, name, operator)
+    assert "Incorrect API key provided: [redacted]" in failed["message"]
+
+
+def test_a_request_timeout_ends_a_silent_provider(
+    cluster: harness.Cluster,
+    namespace: str,
+    operator: harness.OperatorProcess,
+    llm: fake_llm.FakeLLM,
+    credentials: None,
+) -> None:
+    started = time.monotonic()
+    cluster.apply(openai_run("silent", llm, "slow", settings={"timeoutSeconds": 1}), namespace)
+    status = cluster.wait_phase("silent", namespace, timeout=30)["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "ModelError"), status
+    assert "timed out" in status["message"].lower(), status["message"]
+    assert time.monotonic() - started < 20

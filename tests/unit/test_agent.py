@@ -1,9 +1,13 @@
-"""The agent loop's failure classification, driven by pydantic-ai function models."""
+"""The agent loop: failure classification and output validation, driven by pydantic-ai function models."""
 
 from __future__ import annotations
 
+import json
+import re
+import time
 from typing import Any
 
+import httpx2
 import pydantic_ai
 import pytest
 from pydantic_ai import messages as ai_messages
@@ -149,3 +153,113 @@ async def test_text_answer_and_usage() -> None:
 async def test_no_model_is_an_invalid_request() -> None:
     with pytest.raises(errors.InvalidRequest, match="no model layer"):
         await agent.run(base.AgentPlan(user_prompts=["hi"]), no_progress)
+
+
+# --- user patterns --------------------------------------------------------------------
+
+HOSTILE_TEXT = "a" * 64 + "!"
+"""Almost matches ``^(a+)+$``: a backtracking engine would try 2**64 ways."""
+
+
+@pytest.mark.parametrize(
+    ("output_schema", "arguments", "detail"),
+    [
+        pytest.param(
+            {"type": "object", "properties": {"code": {"type": "string", "pattern": "^(a+)+$"}}},
+            {"code": HOSTILE_TEXT},
+            "does not match '^(a+)+$'",
+            id="pattern",
+        ),
+        pytest.param(
+            {"type": "object", "patternProperties": {"^(a+)+$": {"type": "integer"}}, "additionalProperties": False},
+            {HOSTILE_TEXT: 1},
+            "not allowed",
+            id="additionalProperties-with-patternProperties",
+        ),
+        pytest.param(
+            {"type": "object", "propertyNames": {"pattern": "^(a+)+$"}},
+            {HOSTILE_TEXT: 1},
+            "does not match '^(a+)+$'",
+            id="propertyNames",
+        ),
+    ],
+)
+async def test_catastrophic_patterns_do_not_stall_the_run(
+    output_schema: dict[str, Any], arguments: dict[str, Any], detail: str
+) -> None:
+    model = CountingModel(tool_call(arguments))
+    started = time.perf_counter()
+    with pytest.raises(errors.OutputInvalid) as failed:
+        await agent.run(model.plan(output=output_schema), no_progress)
+    assert detail in failed.value.message
+    assert time.perf_counter() - started < 2
+
+
+async def test_a_matching_pattern_property_validates_its_value() -> None:
+    output_schema = {"type": "object", "patternProperties": {"^(a+)+$": {"type": "integer"}}}
+    model = CountingModel(tool_call({"a" * 64: "not an integer"}))
+    with pytest.raises(errors.OutputInvalid, match="is not of type 'integer'"):
+        await agent.run(model.plan(output=output_schema), no_progress)
+
+
+SENTINEL = "^(?:sentinel-[0-9]+)+$"
+SENTINEL_SCHEMA = {
+    "type": "object",
+    "properties": {"code": {"type": "string", "pattern": SENTINEL}},
+    "patternProperties": {SENTINEL: {"type": "string"}},
+    "required": ["code"],
+}
+
+
+@pytest.fixture
+def python_re_refuses_the_sentinel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python's ``re`` fails the test if it is ever handed the user's pattern."""
+    compile_pattern = re._compile  # type: ignore[attr-defined]
+
+    def guarded(pattern: Any, flags: Any) -> Any:
+        if isinstance(pattern, str) and "sentinel" in pattern:
+            raise AssertionError(f"Python's re was asked to compile the user's pattern {pattern!r}")
+        return compile_pattern(pattern, flags)
+
+    monkeypatch.setattr(re, "_compile", guarded)
+
+
+def openai_model(answer: dict[str, Any]) -> Any:
+    """pydantic-ai's OpenAI chat model over an in-memory transport that answers with ``answer``."""
+    from pydantic_ai.models import openai as ai_openai
+    from pydantic_ai.providers import openai_compatible
+
+    def reply(request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        call = {"id": "c1", "type": "function", "function": {"name": body["tools"][0]["function"]["name"]}}
+        call["function"]["arguments"] = json.dumps(answer)
+        message = {"role": "assistant", "content": None, "tool_calls": [call]}
+        completion = {
+            "id": "x",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+        }
+        return httpx2.Response(200, json=completion)
+
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(reply))
+    provider = openai_compatible.OpenAICompatibleProvider(
+        "test", base_url="http://model.invalid/v1", api_key="unused", http_client=client
+    )
+    return ai_openai.OpenAIChatModel("gpt-4o-mini", provider=provider)
+
+
+@pytest.mark.usefixtures("python_re_refuses_the_sentinel")
+@pytest.mark.parametrize("strict", [pytest.param(None, id="default"), pytest.param(True, id="strict")])
+@pytest.mark.parametrize("kind", ["function-model", "openai-model"])
+async def test_pydantic_ai_never_hands_user_patterns_to_python_re(kind: str, strict: bool | None) -> None:
+    answer = {"code": "sentinel-1sentinel-2", "sentinel-3": "x"}
+    chat_model = openai_model(answer) if kind == "openai-model" else CountingModel(tool_call(answer)).plan().model
+    plan = base.AgentPlan(
+        user_prompts=["give me a code"],
+        model=chat_model,
+        output=base.OutputSpec(json_schema=SENTINEL_SCHEMA, name="output", description=None, strict=strict),
+    )
+    result = await agent.run(plan, no_progress)
+    assert result.output == answer

@@ -8,6 +8,7 @@ classified into the run's failure reasons.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 from collections.abc import Callable
@@ -18,7 +19,7 @@ import pydantic_ai
 from pydantic_ai import messages as ai_messages
 
 from agentrun.api import models
-from agentrun.layers import base, errors
+from agentrun.layers import base, errors, schema
 
 EMPTY_PROMPTS_MESSAGE = "run.user_prompts must not be empty"
 OUTPUT_RETRIES = 2
@@ -55,14 +56,22 @@ def _build(plan: base.AgentPlan) -> pydantic_ai.Agent[None, Any]:
         retries=OUTPUT_RETRIES,
     )
     if plan.output is not None:
-        validator = jsonschema.Draft202012Validator(plan.output.json_schema)
+        validator = schema.output_validator(plan.output.json_schema)
+
+        def _first_error(value: Any) -> str | None:
+            error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+            if error is None:
+                return None
+            where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+            return f"output does not match the schema at {where}: {error.message}"
 
         @agent.output_validator
-        def _matches_schema(value: Any) -> Any:
-            error = jsonschema.exceptions.best_match(validator.iter_errors(value))
-            if error is not None:
-                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-                raise pydantic_ai.ModelRetry(f"output does not match the schema at {where}: {error.message}")
+        async def _matches_schema(value: Any) -> Any:
+            # Off the event loop: the output's size is the model's to choose, and RE2 lets
+            # other threads run while it matches.
+            problem = await asyncio.to_thread(_first_error, value)
+            if problem is not None:
+                raise pydantic_ai.ModelRetry(problem)
             return value
 
     return agent

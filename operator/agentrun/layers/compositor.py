@@ -1,12 +1,18 @@
-"""Enter a composition's layers in order, run the agent, and leave a session snapshot."""
+"""Enter a composition's layers in order, run the agent, and leave a session snapshot.
+
+Every Secret value the layers read passes through here, so this is also where a run's
+credentials are masked in everything the run hands back: failure messages, progress
+events, output and snapshot (see :mod:`agentrun.layers.redaction`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import traceback
 from typing import Any
 
 from agentrun.api import models
-from agentrun.layers import agent, base, registry, session
+from agentrun.layers import agent, base, errors, redaction, registry, session
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +28,37 @@ async def run(
     context: base.RunContext,
     progress: agent.Progress,
 ) -> CompositionResult:
-    """Execute ``spec`` in-process; raises a classified ``RunFailure`` on any request or model problem."""
+    """Execute ``spec`` in-process; raises a classified ``RunFailure`` on any request or model problem.
+
+    No Secret value read during the run appears in what it returns or raises.
+    """
+    redactor = redaction.Redactor()
+    context = dataclasses.replace(context, read_secret=redactor.reading(context.read_secret))
+
+    def redacted_progress(event_type: str, data: dict[str, Any]) -> None:
+        progress(event_type, redactor.redact_json(data))
+
+    try:
+        return await _compose(spec, layer_registry, context, redacted_progress, redactor)
+    except errors.RunFailure as failure:
+        if not redactor.leaks(failure.message):
+            raise
+        raise failure.with_message(redactor.redact(failure.message)) from None
+    except Exception as error:
+        # Whatever escapes is logged with its traceback by the caller: mask it first.
+        text = "".join(traceback.format_exception(error))
+        if not redactor.leaks(text):
+            raise
+        raise redaction.RedactedError(redactor.redact(text)) from None
+
+
+async def _compose(
+    spec: models.AgentRunSpec,
+    layer_registry: registry.LayerRegistry,
+    context: base.RunContext,
+    progress: agent.Progress,
+    redactor: redaction.Redactor,
+) -> CompositionResult:
     layers = [layer_registry.create(item.name, item.type, item.config) for item in spec.composition.layers]
     states = session.resume([layer.name for layer in layers], spec.session_snapshot)
     plan = base.AgentPlan()
@@ -31,7 +67,7 @@ async def run(
     result = await agent.run(plan, progress)
     outcome = base.AgentOutcome(output=result.output, messages=result.messages)
     snapshot = session.leave(
-        {layer.name: layer.leave(outcome) for layer in layers},
+        {layer.name: redactor.redact_json(layer.leave(outcome)) for layer in layers},
         close=spec.session_exit is models.SessionExit.CLOSE,
     )
-    return CompositionResult(output=result.output, usage=result.usage, session_snapshot=snapshot)
+    return CompositionResult(output=redactor.redact_json(result.output), usage=result.usage, session_snapshot=snapshot)

@@ -6,6 +6,8 @@ is safe to show: it never contains a credential.
 
 from __future__ import annotations
 
+import copy
+
 from agentrun.api import models
 
 
@@ -19,6 +21,13 @@ class RunFailure(Exception):
         self.message = message
         self.status_code = status_code
         """The HTTP status behind a model error, when the provider answered with one."""
+
+    def with_message(self, message: str) -> RunFailure:
+        """The same failure, of the same class, told with ``message`` instead."""
+        told = copy.copy(self)
+        told.message = message
+        told.args = (message,)
+        return told
 
 
 class InvalidRequest(RunFailure):

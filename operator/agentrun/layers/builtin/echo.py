@@ -8,6 +8,7 @@ tests run on it with no network and no key.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import pydantic
@@ -15,7 +16,7 @@ from pydantic_ai import messages as ai_messages
 from pydantic_ai import usage as ai_usage
 from pydantic_ai.models import function
 
-from agentrun.layers import base
+from agentrun.layers import base, errors
 from agentrun.layers.builtin import model
 
 
@@ -34,38 +35,91 @@ def _user_texts(messages: list[ai_messages.ModelMessage]) -> list[str]:
     return texts
 
 
-def example_for(schema: dict[str, Any], text: str) -> Any:
-    """A deterministic value valid against ``schema`` (inlined, as the output layer prepares it)."""
-    for keyword in ("const",):
-        if keyword in schema:
-            return schema[keyword]
-    if schema.get("enum"):
-        return schema["enum"][0]
-    for keyword in ("anyOf", "oneOf", "allOf"):
-        if schema.get(keyword):
-            return example_for(schema[keyword][0], text)
-    kind = schema.get("type", "object")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    match kind:
-        case "object":
-            properties = schema.get("properties", {})
-            return {name: example_for(sub, text) for name, sub in properties.items()}
-        case "array":
-            count = max(1, int(schema.get("minItems", 1)))
-            return [example_for(schema.get("items", {"type": "string"}), text) for _ in range(count)]
-        case "string":
-            limit = schema.get("maxLength")
-            value = text if len(text) >= int(schema.get("minLength", 0)) else text.ljust(int(schema["minLength"]), ".")
-            return value[: int(limit)] if limit is not None else value
-        case "integer":
-            return int(schema.get("minimum", 0))
-        case "number":
-            return float(schema.get("minimum", 0))
-        case "boolean":
-            return True
-        case _:
-            return None
+MAX_ECHO_ITEMS = 1_000
+"""Most items model.echo puts in one array; a schema whose minItems is larger fails the run."""
+MAX_ECHO_STRING_LENGTH = 10_000
+"""Longest string model.echo writes; a schema whose minLength is larger fails the run."""
+MAX_ECHO_ANSWER_SIZE = 1_000_000
+"""Most characters in one structured answer (its strings, plus one for every other value)."""
+
+
+def example_for(schema: Any, text: str) -> Any:
+    """A deterministic value valid against ``schema`` (inlined, as the output layer prepares it).
+
+    Raises ``InvalidRequest`` when the value would exceed model.echo's limits.
+    """
+    return _Example(text).value(schema)
+
+
+class _Example:
+    def __init__(self, text: str) -> None:
+        self.text = text[:MAX_ECHO_STRING_LENGTH]
+        self.size = 0
+
+    def _spend(self, size: int) -> None:
+        self.size += size
+        if self.size > MAX_ECHO_ANSWER_SIZE:
+            raise errors.InvalidRequest(
+                f"model.echo cannot answer: the answer would exceed its limit of {MAX_ECHO_ANSWER_SIZE} characters"
+            )
+
+    def value(self, schema: Any) -> Any:
+        self._spend(1)
+        if not isinstance(schema, dict):
+            return self.text if schema else None  # `true` accepts anything, `false` nothing
+        if "const" in schema:
+            return schema["const"]
+        if schema.get("enum"):
+            return schema["enum"][0]
+        for keyword in ("anyOf", "oneOf", "allOf"):
+            if schema.get(keyword):
+                return self.value(schema[keyword][0])
+        kind = schema.get("type", "object")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "null")
+        match kind:
+            case "object":
+                properties = schema.get("properties", {})
+                return {name: self.value(sub) for name, sub in properties.items()}
+            case "array":
+                return [self.value(schema.get("items", {"type": "string"})) for _ in range(self._count(schema))]
+            case "string":
+                return self._string(schema)
+            case "integer":
+                return math.ceil(_lowest(schema))
+            case "number":
+                return float(_lowest(schema))
+            case "boolean":
+                return True
+            case _:
+                return None
+
+    def _count(self, schema: dict[str, Any]) -> int:
+        least = int(schema.get("minItems", 0))
+        if least > MAX_ECHO_ITEMS:
+            raise errors.InvalidRequest(
+                f"model.echo cannot answer: minItems {least} is above its limit of {MAX_ECHO_ITEMS} items per array"
+            )
+        return min(max(1, least), int(schema.get("maxItems", MAX_ECHO_ITEMS)))
+
+    def _string(self, schema: dict[str, Any]) -> str:
+        least = int(schema.get("minLength", 0))
+        if least > MAX_ECHO_STRING_LENGTH:
+            raise errors.InvalidRequest(
+                f"model.echo cannot answer: minLength {least} is above its limit of "
+                f"{MAX_ECHO_STRING_LENGTH} characters per string"
+            )
+        value = self.text.ljust(least, ".")[: int(schema.get("maxLength", MAX_ECHO_STRING_LENGTH))]
+        self._spend(len(value))
+        return value
+
+
+def _lowest(schema: dict[str, Any]) -> float:
+    """The least number the schema allows (ints stay ints: a large one must not overflow a float)."""
+    bound: float = schema.get("minimum", 0)
+    if "minimum" not in schema and "exclusiveMinimum" in schema:
+        bound = schema["exclusiveMinimum"] + 1
+    return bound
 
 
 def _words(texts: list[str]) -> int:

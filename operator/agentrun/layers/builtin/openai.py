@@ -13,16 +13,29 @@ from agentrun.layers.builtin import model
 # deadline and the operator's classification are the better place for that decision.
 SDK_RETRIES = 0
 
+DEFAULT_REQUEST_TIMEOUT_SECONDS = 120.0
+"""How long one model request may wait to connect or for data when ``settings.timeoutSeconds`` is not given."""
+
 
 class ModelSettingsConfig(base.LayerConfig):
     temperature: float | None = pydantic.Field(None, ge=0, le=2, description="Sampling temperature.")
     max_tokens: int | None = pydantic.Field(None, ge=1, description="Most tokens in one answer.")
     top_p: float | None = pydantic.Field(None, ge=0, le=1, description="Nucleus sampling mass.")
     seed: int | None = pydantic.Field(None, description="Seed for providers that support reproducible sampling.")
-    timeout_seconds: float | None = pydantic.Field(None, gt=0, description="Timeout of one model request.")
+    timeout_seconds: float | None = pydantic.Field(
+        None,
+        gt=0,
+        description=(
+            "How long one model request may wait to connect or for data, in seconds "
+            f"(default {DEFAULT_REQUEST_TIMEOUT_SECONDS:g})."
+        ),
+    )
 
     def to_pydantic_ai(self) -> ai_settings.ModelSettings:
-        settings = ai_settings.ModelSettings(max_retries=SDK_RETRIES)
+        settings = ai_settings.ModelSettings(
+            max_retries=SDK_RETRIES,
+            timeout=self.timeout_seconds if self.timeout_seconds is not None else DEFAULT_REQUEST_TIMEOUT_SECONDS,
+        )
         if self.temperature is not None:
             settings["temperature"] = self.temperature
         if self.max_tokens is not None:
@@ -31,8 +44,6 @@ class ModelSettingsConfig(base.LayerConfig):
             settings["top_p"] = self.top_p
         if self.seed is not None:
             settings["seed"] = self.seed
-        if self.timeout_seconds is not None:
-            settings["timeout"] = self.timeout_seconds
         return settings
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pydantic
@@ -11,7 +12,12 @@ from agentrun.layers import base, errors, schema
 
 class OutputConfig(base.LayerConfig):
     json_schema: dict[str, Any] = pydantic.Field(
-        alias="jsonSchema", description="JSON Schema of the output object; refs only into its own $defs."
+        alias="jsonSchema",
+        description=(
+            "JSON Schema 2020-12 of the output object. Refs only into its own $defs; patterns use RE2 syntax "
+            f"(no backreferences or lookaround); at most {schema.MAX_SCHEMA_NODES} values and "
+            f"{schema.MAX_SCHEMA_DEPTH} levels of nesting once its refs are inlined."
+        ),
     )
     description: str | None = pydantic.Field(None, description="What the output is, shown to the model.")
     strict: bool | None = pydantic.Field(None, description="Ask the provider for strict schema adherence.")
@@ -26,7 +32,8 @@ class OutputLayer(base.Layer):
 
     async def enter(self, plan: base.AgentPlan, context: base.RunContext, state: base.State | None) -> None:
         try:
-            prepared = schema.prepare_output_schema(self.config.json_schema)
+            # Bounded, but CPU work on a user's document: off the event loop.
+            prepared = await asyncio.to_thread(schema.prepare_output_schema, self.config.json_schema)
         except schema.SchemaRejected as rejected:
             raise errors.InvalidRequest(str(rejected)) from None
         title = prepared.get("title")
