@@ -334,6 +334,8 @@ class Reason(enum.StrEnum):
     OPERATOR_RESTARTED = "OperatorRestarted"
     POD_FAILED = "PodFailed"
     BUDGET_EXCEEDED = "BudgetExceeded"
+    TOOLS_UNAVAILABLE = "ToolsUnavailable"
+    """A tool server of the composition (a `tools.mcp` layer) could not be reached or stopped answering."""
     RETRY_BACKOFF = "RetryBackoff"
     RESULT_NOT_STORED = "ResultNotStored"
     INTERNAL_ERROR = "InternalError"
@@ -388,6 +390,7 @@ class EventType(enum.StrEnum):
     ATTEMPT_FAILED = "attempt_failed"
     MODEL_REQUEST = "model_request"
     TOOL_CALL = "tool_call"
+    TOOL_RESULT = "tool_result"
 
 
 class RunEvent(StatusModel):
