@@ -23,7 +23,9 @@ run reports anything: status, Kubernetes Events and the operator's log.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import importlib
 import json
 import logging
 import re
@@ -126,6 +128,9 @@ class MCPToolsLayer(base.Layer):
 
     async def enter(self, plan: base.AgentPlan, context: base.RunContext, state: base.State | None) -> None:
         headers = await self._headers(context)
+        # The MCP client stack takes seconds to import the first time: off the event loop, so
+        # the runs already under way keep going meanwhile.
+        await asyncio.to_thread(importlib.import_module, "pydantic_ai.mcp")
         plan.toolsets.append(
             ServerTools(
                 wrapped=_mcp_toolset(self.config, headers),
@@ -161,7 +166,7 @@ class MCPToolsLayer(base.Layer):
 
 
 def _mcp_toolset(config: MCPToolsConfig, headers: dict[str, str] | None) -> ai_mcp.MCPToolset[None]:
-    # The MCP client stack costs memory and start-up time: load it when a run first needs it.
+    # The MCP client stack costs ~40 MB of memory: load it when a run first needs it, not at start-up.
     from fastmcp.client import transports as fastmcp_transports
     from pydantic_ai import mcp as ai_mcp
 
