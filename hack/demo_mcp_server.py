@@ -39,6 +39,8 @@ PATH = "/mcp"
 DEFAULT_PORT = 8000
 MAX_SLOW_SECONDS = 300.0
 """Longest wait ``slow`` accepts, so a stray call cannot hold the server forever."""
+SHUTDOWN_SECONDS = 3
+"""How long stopping waits for calls under way (a ``slow`` one, say) before it drops them."""
 
 INCIDENTS: dict[int, dict[str, Any]] = {
     42: {"id": 42, "title": "checkout latency above SLO", "severity": "high", "status": "mitigated"},
@@ -149,10 +151,15 @@ class ThreadedServer:
         bound_host, bound_port = self._socket.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.url = f"http://{shown}:{bound_port}{PATH}"
-        config = uvicorn.Config(build_app(self.recorder), log_level="warning", access_log=False, lifespan="on")
+        config = uvicorn.Config(
+            build_app(self.recorder),
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name="demo-mcp-server", daemon=True)
-        self._ready = threading.Event()  # never set: start() waits on it between checks
 
     def _serve(self) -> None:
         asyncio.run(self._server.serve(sockets=[self._socket]))
@@ -164,7 +171,7 @@ class ThreadedServer:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"demo MCP server did not start within {timeout:g}s")
-            self._ready.wait(0.01)
+            time.sleep(0.01)
         return self
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -86,7 +86,7 @@ def test_each_budget_stops_the_run_at_its_exact_limit(
     assert below["events"][-1]["data"] == {"reason": "BudgetExceeded", "message": message}
     [condition] = below["conditions"]
     assert (condition["status"], condition["reason"], condition["message"]) == ("False", "BudgetExceeded", message)
-    # A request or tool call refused by its budget is never reported as made.
+    # A request refused by its budget is never reported as made.
     requests = sum(1 for e in below["events"] if e["type"] == "model_request")
     assert requests == (2 if budget in ("maxRequests", "maxToolCalls") else 3)
 

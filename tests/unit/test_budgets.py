@@ -127,7 +127,7 @@ async def test_one_below_the_limit_fails_naming_the_limit_and_the_value(
     assert failed.value.usage == usage
 
 
-async def test_a_refused_request_or_tool_call_is_never_reported_as_made(run_context: base.RunContext) -> None:
+async def test_a_request_refused_by_the_budget_is_never_reported_as_made(run_context: base.RunContext) -> None:
     progress: Progress = []
     with pytest.raises(errors.BudgetExceeded):
         await compositor.run(

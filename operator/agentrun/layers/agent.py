@@ -142,7 +142,8 @@ async def run(plan: base.AgentPlan, progress: Progress, limits: models.Limits | 
             failure.usage = tally.partial()
         raise
     except ai_exceptions.UsageLimitExceeded as error:
-        raise _budget_exceeded(budget, tally, error) from None
+        defaulted = limits is None or limits.max_requests is None
+        raise _budget_exceeded(budget, tally, error, requests_defaulted=defaulted) from None
     except pydantic_ai.ModelHTTPError as error:
         raise errors.ModelError(
             _provider_message(error), status_code=error.status_code, usage=tally.partial()
@@ -217,7 +218,7 @@ def _report_results(
 
 
 def _budget_exceeded(
-    budget: ai_usage.UsageLimits, tally: _Tally, error: ai_exceptions.UsageLimitExceeded
+    budget: ai_usage.UsageLimits, tally: _Tally, error: ai_exceptions.UsageLimitExceeded, *, requests_defaulted: bool
 ) -> errors.BudgetExceeded:
     """Name the budget that stopped the run and the value that crossed it."""
     usage = tally.usage
@@ -240,7 +241,7 @@ def _budget_exceeded(
         needed = usage.tool_calls + tally.asked_tool_calls
         message = f"budget exceeded: maxToolCalls is {budget.tool_calls_limit}, the run needed {needed}"
     if message is None and "request_limit" in str(error):
-        default = " (the default)" if budget.request_limit == DEFAULT_MAX_REQUESTS else ""
+        default = " (the default)" if requests_defaulted else ""
         message = (
             f"budget exceeded: maxRequests is {budget.request_limit}{default}, the run needed {usage.requests + 1}"
         )
