@@ -10,7 +10,10 @@ The requested model name picks the behaviour, so one server serves every case:
   name fail with HTTP CODE, later ones answer as ``ok`` does.
 - ``r401-echo``: a 401 whose error body echoes the API key it was sent, in full, as
   careless or hostile providers do;
-- ``slow``: no answer until the server stops, so only a request timeout ends the wait.
+- ``slow``: no answer until the server stops, so only a request timeout ends the wait;
+- ``call-TOOL`` (for example ``call-add``): while no tool result is in the messages, a call
+  of the function tool TOOL with arguments from ``TOOL_ARGS``; then the text answer
+  ``TOOL said: <the tool's result>``.
 
 Every request body is recorded, with its Authorization header, for assertions.
 """
@@ -27,6 +30,7 @@ from typing import Any
 from aiohttp import web
 
 STRUCTURED_ARGS = {"bullets": ["first", "second", "third"]}
+TOOL_ARGS: dict[str, dict[str, Any]] = {"add": {"a": 2, "b": 3}, "lookup_incident": {"incident_id": 42}}
 
 
 @dataclasses.dataclass
@@ -46,10 +50,17 @@ def _completion(model: str, message: dict[str, Any], finish: str = "stop") -> di
     }
 
 
-def _tool_call(body: dict[str, Any], args: dict[str, Any]) -> dict[str, Any]:
-    name = body["tools"][0]["function"]["name"]
+def _tool_call(body: dict[str, Any], args: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    name = name or body["tools"][0]["function"]["name"]
     call = {"id": "call_1", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
     return {"content": None, "tool_calls": [call]}
+
+
+def _function_tool(body: dict[str, Any], tool: str) -> dict[str, Any]:
+    results = [m["content"] for m in body["messages"] if m["role"] == "tool"]
+    if not results:
+        return _completion(body["model"], _tool_call(body, TOOL_ARGS.get(tool, {}), tool), "tool_calls")
+    return _completion(body["model"], {"content": f"{tool} said: {results[-1]}"})
 
 
 class FakeLLM:
@@ -127,6 +138,8 @@ class FakeLLM:
             return web.json_response({"error": error}, status=500)
         if model == "tool-bad":
             return web.json_response(_completion(model, _tool_call(body, {"unexpected": 1}), "tool_calls"))
+        if model.startswith("call-"):
+            return web.json_response(_function_tool(body, model.removeprefix("call-")))
         if model == "structured":
             return web.json_response(_completion(model, _tool_call(body, STRUCTURED_ARGS), "tool_calls"))
         turns = sum(1 for m in body["messages"] if m["role"] == "user")

@@ -447,6 +447,8 @@ class Reason(enum.StrEnum):
     BUDGET_EXCEEDED = "BudgetExceeded"
     THREAD_BUSY = "ThreadBusy"
     INTERRUPTED = "Interrupted"
+    TOOLS_UNAVAILABLE = "ToolsUnavailable"
+    """A tool server of the composition (a `tools.mcp` layer) could not be reached or stopped answering."""
     RETRY_BACKOFF = "RetryBackoff"
     RESULT_NOT_STORED = "ResultNotStored"
     INTERNAL_ERROR = "InternalError"
@@ -501,6 +503,7 @@ class EventType(enum.StrEnum):
     ATTEMPT_FAILED = "attempt_failed"
     MODEL_REQUEST = "model_request"
     TOOL_CALL = "tool_call"
+    TOOL_RESULT = "tool_result"
 
 
 class RunEvent(StatusModel):

@@ -17,12 +17,19 @@ import pydantic
 from pydantic_ai import messages as ai_messages
 from pydantic_ai import models as ai_models
 from pydantic_ai import settings as ai_settings
+from pydantic_ai import toolsets as ai_toolsets
 
 from agentrun.layers import errors
 
 State = dict[str, Any]
 SecretReader = Callable[[str, str], Awaitable[str]]
 """Reads key ``(name, key)`` of a Secret in the run's namespace; raises CredentialsUnavailable."""
+SecretMasker = Callable[[str], None]
+"""Masks a value from now on in everything the run hands back."""
+
+
+def _mask_nothing(value: str) -> None:
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +38,9 @@ class RunContext:
 
     namespace: str
     read_secret: SecretReader
+    mask_secret: SecretMasker = _mask_nothing
+    """For values a layer takes out of what ``read_secret`` returned (the values of a JSON
+    document of headers, say): each is masked like the whole Secret value is."""
 
 
 @dataclasses.dataclass
@@ -53,6 +63,8 @@ class AgentPlan:
     model_settings: ai_settings.ModelSettings = dataclasses.field(default_factory=ai_settings.ModelSettings)
     output: OutputSpec | None = None
     history: list[ai_messages.ModelMessage] = dataclasses.field(default_factory=list)
+    toolsets: list[ai_toolsets.AbstractToolset[None]] = dataclasses.field(default_factory=list)
+    """Tools the model may call; the agent enters each when the run starts and leaves it when the run ends."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Every Secret value the layers read passes through here, so this is also where a run's
 credentials are masked in everything the run hands back: failure messages, progress
-events, output and snapshot (see :mod:`agentrun.layers.redaction`).
+events, output and snapshot (see :mod:`agentrun.layers.redaction`). Progress events are
+masked first and then cut to their bounds (see :mod:`agentrun.layers.events`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import traceback
 from typing import Any
 
 from agentrun.api import models
-from agentrun.layers import agent, base, errors, redaction, registry, session
+from agentrun.layers import agent, base, errors, events, redaction, registry, session
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +34,10 @@ async def run(
     No Secret value read during the run appears in what it returns or raises.
     """
     redactor = redaction.Redactor()
-    context = dataclasses.replace(context, read_secret=redactor.reading(context.read_secret))
+    context = dataclasses.replace(context, read_secret=redactor.reading(context.read_secret), mask_secret=redactor.add)
 
     def redacted_progress(event_type: str, data: dict[str, Any]) -> None:
-        progress(event_type, redactor.redact_json(data))
+        progress(event_type, events.bounded(redactor.redact_json(data)))
 
     try:
         return await _compose(spec, layer_registry, context, redacted_progress, redactor)
@@ -66,7 +67,7 @@ async def _compose(
     plan = base.AgentPlan()
     for layer in layers:
         await layer.enter(plan, context, states[layer.name])
-    result = await agent.run(plan, progress)
+    result = await agent.run(plan, progress, spec.limits)
     outcome = base.AgentOutcome(output=result.output, messages=result.messages)
     snapshot = session.leave(
         {layer.name: redactor.redact_json(layer.leave(outcome)) for layer in layers},

@@ -16,11 +16,13 @@ class RunFailure(Exception):
 
     reason: models.Reason = models.Reason.INTERNAL_ERROR
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(self, message: str, *, status_code: int | None = None, usage: models.Usage | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         """The HTTP status behind a model error, when the provider answered with one."""
+        self.usage = usage
+        """What the run had used when it failed, once it had made a model request."""
 
     def with_message(self, message: str) -> RunFailure:
         """The same failure, of the same class, told with ``message`` instead."""
@@ -52,6 +54,12 @@ class BudgetExceeded(RunFailure):
     """A limit of ``spec.limits`` was reached; the message names the limit and the value observed."""
 
     reason = models.Reason.BUDGET_EXCEEDED
+
+
+class ToolsUnavailable(RunFailure):
+    """A tool server the composition uses could not be reached, or stopped answering; the message names it."""
+
+    reason = models.Reason.TOOLS_UNAVAILABLE
 
 
 class OutputInvalid(RunFailure):

@@ -1,13 +1,19 @@
 """``model.echo``: an offline, deterministic model shipped with the operator.
 
 It answers from the prompt, produces a schema-valid object when the composition has
-an output layer, and can wait ``delaySeconds`` before answering. The demo and the
-tests run on it with no network and no key.
+an output layer, and can wait ``delaySeconds`` before answering. Given ``toolCalls``,
+it first calls those tools, one per model request and in order, and its answer then
+repeats what they returned. The demo and the tests run on it with no network and no key.
+
+Its usage is deterministic, one token per whitespace-separated word: a request's input
+is every user message and tool result in the conversation so far; its output is the
+answer, or for a tool call the tool's name plus its arguments as compact JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from typing import Any
 
@@ -19,9 +25,29 @@ from pydantic_ai.models import function
 from agentrun.layers import base, errors
 from agentrun.layers.builtin import model
 
+MAX_SCRIPTED_TOOL_CALLS = 100
+"""Most tool calls one ``toolCalls`` script may list."""
+OUTPUT_TOOL_PREFIX = "final_result"
+
+
+class ScriptedToolCall(base.LayerConfig):
+    tool: str = pydantic.Field(min_length=1, max_length=128, description="Name of the tool to call.")
+    args: dict[str, Any] = pydantic.Field(
+        default_factory=dict,
+        description="Arguments of the call, a JSON object.",
+    )
+
 
 class EchoConfig(base.LayerConfig):
     delay_seconds: float = pydantic.Field(0.0, ge=0, le=3600, description="Wait this long before each answer.")
+    tool_calls: list[ScriptedToolCall] = pydantic.Field(
+        default_factory=list,
+        max_length=MAX_SCRIPTED_TOOL_CALLS,
+        description=(
+            "Tools to call before answering, one per model request and in order, in every turn; "
+            "the answer then lists what each returned."
+        ),
+    )
 
 
 def _user_texts(messages: list[ai_messages.ModelMessage]) -> list[str]:
@@ -126,6 +152,45 @@ def _words(texts: list[str]) -> int:
     return sum(len(text.split()) for text in texts)
 
 
+def _is_output_tool(name: str) -> bool:
+    return name.startswith(OUTPUT_TOOL_PREFIX)
+
+
+def _tool_results(messages: list[ai_messages.ModelMessage]) -> list[ai_messages.ToolReturnPart]:
+    return [
+        part
+        for message in messages
+        if isinstance(message, ai_messages.ModelRequest)
+        for part in message.parts
+        if isinstance(part, ai_messages.ToolReturnPart) and not _is_output_tool(part.tool_name)
+    ]
+
+
+def _tool_calls(messages: list[ai_messages.ModelMessage]) -> list[ai_messages.ToolCallPart]:
+    return [
+        part
+        for message in messages
+        if isinstance(message, ai_messages.ModelResponse)
+        for part in message.parts
+        if isinstance(part, ai_messages.ToolCallPart) and not _is_output_tool(part.tool_name)
+    ]
+
+
+def _this_turn(messages: list[ai_messages.ModelMessage]) -> list[ai_messages.ModelMessage]:
+    """The messages since the latest user message, that message included."""
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if isinstance(message, ai_messages.ModelRequest) and any(
+            isinstance(part, ai_messages.UserPromptPart) for part in message.parts
+        ):
+            return messages[index:]
+    return messages
+
+
+def _compact(args: dict[str, Any]) -> str:
+    return json.dumps(args, separators=(",", ":"), ensure_ascii=False)
+
+
 class EchoLayer(model.ModelLayer):
     """Answers ``echo: <last user message>``; on later turns it also repeats what it heard before."""
 
@@ -142,12 +207,28 @@ class EchoLayer(model.ModelLayer):
         if self.config.delay_seconds:
             await asyncio.sleep(self.config.delay_seconds)
         texts = _user_texts(messages)
+        results = _tool_results(messages)
+        heard = _words(texts) + _words([part.model_response_str() for part in results])
+        turn = _this_turn(messages)
+        called = len(_tool_calls(turn))
+        if called < len(self.config.tool_calls):
+            script = self.config.tool_calls[called]
+            arguments = _compact(script.args)
+            call = ai_messages.ToolCallPart(
+                script.tool, arguments, tool_call_id=f"echo-call-{len(_tool_calls(messages)) + 1}"
+            )
+            usage = ai_usage.RequestUsage(input_tokens=heard, output_tokens=1 + len(arguments.split()))
+            return ai_messages.ModelResponse(parts=[call], usage=usage)
         last = texts[-1] if texts else ""
         if len(texts) <= 1:
             reply = f"echo: {last}"
         else:
             reply = f"echo (turn {len(texts)}): {last} | earlier you said: {' / '.join(texts[:-1])}"
-        usage = ai_usage.RequestUsage(input_tokens=_words(texts), output_tokens=len(reply.split()))
+        answered = [f"{part.tool_name}: {part.model_response_str()}" for part in _tool_results(turn)]
+        if answered:
+            reply = " | ".join([reply, *answered])
+            last = " | ".join([last, *answered])
+        usage = ai_usage.RequestUsage(input_tokens=heard, output_tokens=len(reply.split()))
         if info.output_tools:
             tool = info.output_tools[0]
             value = example_for(tool.parameters_json_schema, last)
