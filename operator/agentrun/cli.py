@@ -130,10 +130,12 @@ QUIET_LOGGERS = (
     "openai",
     "hpack",
     "h2",
+    "mcp",
+    "fastmcp",
 )
 """Libraries kept at WARNING whatever the operator's level. At DEBUG they print HTTP
 bodies and headers: kubernetes_asyncio every response body (a Secret's data included),
-httpcore response headers, hpack the request headers it encodes (Authorization
+httpcore response headers, mcp and fastmcp tool-call arguments, hpack the request headers it encodes (Authorization
 included). Their per-request lines at INFO add nothing an operator can act on."""
 
 

@@ -91,9 +91,6 @@ def test_each_budget_stops_the_run_at_its_exact_limit(
     assert requests == (2 if budget in ("maxRequests", "maxToolCalls") else 3)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the runtime does not record RunFailure.usage in status yet: drop this mark once it does"
-)
 def test_a_budget_stop_records_the_partial_usage(
     cluster: harness.Cluster, namespace: str, operator: harness.OperatorProcess, tools: mcp_server.MCPTestServer
 ) -> None:

@@ -27,6 +27,7 @@ def operator_log(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
         logging.getLogger("asyncio").handlers[:],
         logging.getLogger("asyncio").propagate,
     )
+    filters = {handler: handler.filters[:] for handler in saved[1]}
     log_format = getattr(request, "param", kopf.LogFormat.PLAIN)
     kopf.configure(log_format=log_format, log_refkey="object")
     stream = io.StringIO()
@@ -40,6 +41,8 @@ def operator_log(request: pytest.FixtureRequest) -> Iterator[io.StringIO]:
     logging.getLogger("asyncio").propagate = saved[3]
     for name, level in saved_levels.items():
         logging.getLogger(name).setLevel(level)
+    for handler, kept in filters.items():
+        handler.filters[:] = kept  # pytest's own handlers carry no filter of the operator's afterwards
 
 
 @pytest.mark.parametrize(

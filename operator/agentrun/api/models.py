@@ -197,6 +197,8 @@ class RetryableReason(enum.StrEnum):
     """A Secret the run needs could not be read (for example not yet created)."""
     RESULT_NOT_STORED = "ResultNotStored"
     """The result could not be stored."""
+    TOOLS_UNAVAILABLE = "ToolsUnavailable"
+    """A tool server (a `tools.mcp` layer) could not be reached or stopped answering."""
     INTERNAL_ERROR = "InternalError"
     """The operator hit an unexpected error."""
 

@@ -93,7 +93,9 @@ class AttemptDriver:
                 raise  # this driver itself is being cancelled, not just its work
             return self.stop_cause.ending()
         except errors.RunFailure as failure:
-            return transitions.failure(failure.reason, failure.message, status_code=failure.status_code)
+            return transitions.failure(
+                failure.reason, failure.message, status_code=failure.status_code, usage=failure.usage
+            )
         except Exception:  # a bug in a layer or in pydantic-ai must still end the run, not leave it Running
             return self._unexpected()
         return await ending.success(

@@ -81,8 +81,10 @@ class Ending:
         return data
 
 
-def failure(reason: models.Reason, message: str, *, status_code: int | None = None) -> Ending:
-    return Ending(phase=Phase.FAILED, reason=reason, message=message, status_code=status_code)
+def failure(
+    reason: models.Reason, message: str, *, status_code: int | None = None, usage: models.Usage | None = None
+) -> Ending:
+    return Ending(phase=Phase.FAILED, reason=reason, message=message, status_code=status_code, usage=usage)
 
 
 def _attempt_ended(status: models.AgentRunStatus, ending: Ending, now: datetime.datetime) -> list[models.Attempt]:
