@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+import demo_mcp_server
 import localcluster
 import processes
 
@@ -38,7 +39,10 @@ ORDER = [
     "agent.yaml",
     "agent-run.yaml",
     "thread.yaml",
+    "mcp-tools.yaml",
+    "limits.yaml",
 ]
+MCP_PORT = 8000  # examples/mcp-tools.yaml points at http://127.0.0.1:8000/mcp
 THREAD_TURNS = ["What did I just ask you?", "Thanks. Anything else I should check?"]
 
 
@@ -94,10 +98,16 @@ def run(keep: bool) -> int:
     shutil.rmtree(WORKDIR, ignore_errors=True)
     WORKDIR.mkdir(parents=True)
     banner("Starting a throwaway control plane (etcd + kube-apiserver on 127.0.0.1)")
-    with localcluster.running(WORKDIR / "cluster") as cluster:
+    with (
+        localcluster.running(WORKDIR / "cluster") as cluster,
+        demo_mcp_server.ThreadedServer(port=MCP_PORT) as tools,
+    ):
         print(f"kube-apiserver {cluster.version()} at {cluster.server}; CRDs from crds/ applied")
         demo = Demo(cluster)
         demo.kubectl("create", "namespace", NAMESPACE)
+
+        banner(f"Starting a local MCP tool server on 127.0.0.1:{MCP_PORT} (hack/demo_mcp_server.py)")
+        print(f"tools at {tools.url}")
 
         banner("Starting the operator: agentrun operator (the container's entry point)")
         operator = processes.OperatorProcess(
@@ -108,7 +118,8 @@ def run(keep: bool) -> int:
             banner("Applying examples/")
             for name in ORDER:
                 demo.apply((ROOT / "examples" / name).read_text())
-            for name in ("hello", "summarize-incident", "conversation-1", "blank-prompt", "summarize-incident-42"):
+            finished = ("hello", "summarize-incident", "conversation-1", "blank-prompt", "summarize-incident-42")
+            for name in (*finished, "incident-tools", "within-budget", "over-budget"):
                 demo.wait_terminal(name)
 
             banner("Second turn: conversation-2 continues conversation-1's session")
@@ -136,6 +147,8 @@ def run(keep: bool) -> int:
                 "conversation-2",
                 "blank-prompt",
                 "summarize-incident-42",
+                "incident-tools",
+                "over-budget",
             ):
                 banner(name)
                 output = demo.kubectl("get", "ar", name, "-n", NAMESPACE, "-o", "jsonpath={.status.output}")

@@ -194,7 +194,8 @@ def _read(path: pathlib.Path) -> str | None:
 def _detail(event: dict[str, Any]) -> str:
     data = event.get("data") or {}
     parts = []
-    for key in ("attempt", "reason", "message", "retryAt", "request", "tool", "output", "outputRef", "usage"):
+    keys = ("attempt", "reason", "message", "retryAt", "request", "tool", "args", "outcome", "result")
+    for key in (*keys, "output", "outputRef", "usage"):
         if key in data:
             value = data[key]
             shown = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
