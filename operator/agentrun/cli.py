@@ -115,6 +115,9 @@ def run_operator(argv: Sequence[str]) -> int:
             clusterwide=not config.namespaces,
             namespaces=config.namespaces,
             standalone=True,
+            # kopf would otherwise ask the passwd database who we are: the image's numeric
+            # non-root user has no entry there.
+            identity=config.instance,  # type: ignore[arg-type]
         )
     )
     return 0
