@@ -1,0 +1,74 @@
+"""Fixtures of the node tier: one real node for the whole session, and the operator image.
+
+The image is built from the repository's Dockerfile on a Debian Python base (both cached
+by their inputs) and loaded into the node's containerd; no registry is involved. Host
+paths are fixed, so the session starts exactly one node and shares it. If the node
+cannot start the tier fails, and it is never skipped; if the node leaves anything on the
+machine when it stops, the session ends with an error that lists what was left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import harness
+import localcluster
+import nodetier
+from localnode import cluster as nodecluster
+from localnode import images
+
+NODE_LINE = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "node: needs the real node started by the test session")
+
+
+def _announce(config: pytest.Config, line: str) -> None:
+    """Say which node the session runs on, past pytest's output capture."""
+    config.stash[NODE_LINE] = line
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    if capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+    else:
+        reporter.write_line(line)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if NODE_LINE in config.stash:
+        terminalreporter.write_line(config.stash[NODE_LINE])
+
+
+@pytest.fixture(scope="session")
+def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[nodetier.Node]:
+    started = time.monotonic()
+    binaries = localcluster.find_binaries()
+    base = images.python_base()
+    operator = images.operator_image(base)
+    prepared = time.monotonic() - started
+    local = nodecluster.NodeCluster(tmp_path_factory.mktemp("node"), binaries, audit=True)
+    local.start([operator])
+    versions = local.versions()
+    _announce(
+        request.config,
+        f"node tier: node {local.node_name} Ready in {local.timings['ready']:.1f}s "
+        f"(images and binaries ready in {prepared:.1f}s); kube-apiserver {versions['kubernetes']} at "
+        f"{local.control_plane.server}, kubelet {versions['kubelet']}, {versions['runtime']}, "
+        f"runc {versions['runc']}; operator image {operator.name} built from the Dockerfile on {base.name}; "
+        f"logs in {local.workdir}",
+    )
+    assert binaries.helm is not None
+    cluster = harness.Cluster(local.kubeconfig, binaries.kubectl, binaries.helm, local.control_plane)
+    try:
+        helm = nodetier.Helm(binaries.helm, cluster, tmp_path_factory.mktemp("helm"))
+        yield nodetier.Node(cluster, local, helm, base, operator)
+    finally:
+        local.stop()  # raises, listing what is left, when the node leaves any trace on the machine
