@@ -13,6 +13,7 @@ raises ``host.NodeHostError`` listing whatever is still there.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -149,16 +150,21 @@ class NodeCluster:
         self._issue_certificates()
         host.create_bridge(self.layout)
         host.isolate_pods(self.layout)
+        host.mount_state(self.layout)
         self._write_configs()
         self._start_containerd(timeout)
+        self.load_images([self.sandbox_image])
         self.timings["containerd"] = time.monotonic() - started
-        self.load_images([self.sandbox_image, *loaded])
+        # Large images load while the control plane starts; the node is Ready without them.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            loading = pool.submit(self.load_images, loaded)
+            self.control_plane.start(timeout=timeout)
+            self.timings["apiserver"] = time.monotonic() - started
+            self._start_components()
+            self._wait_node_ready(timeout)
+            self.timings["ready"] = time.monotonic() - started
+            loading.result(timeout=timeout)
         self.timings["images"] = time.monotonic() - started
-        self.control_plane.start(timeout=timeout)
-        self.timings["apiserver"] = time.monotonic() - started
-        self._start_components()
-        self._wait_node_ready(timeout)
-        self.timings["ready"] = time.monotonic() - started
 
     def stop(self, *, verify: bool = True) -> None:
         """Stop everything, remove every trace on the machine, and check that nothing is left."""
@@ -167,6 +173,8 @@ class NodeCluster:
                 process = self._components.pop(name, None)
                 if process is not None:
                     _terminate(process)
+            # Pods go before the API server, which would otherwise wait for their watches to end.
+            host.kill_pods()
             self.control_plane.stop()
             host.clean(self.layout, self._sysctls)
             if verify:
@@ -208,7 +216,7 @@ class NodeCluster:
             "kubelet": info["kubeletVersion"],
             "runtime": info["containerRuntimeVersion"],
         }
-        found.update({package: version for package, version in host.package_versions(["runc"]).items()})
+        found.update(host.package_versions(["runc"]))
         return found
 
     # --- internals ------------------------------------------------------------------------
@@ -226,7 +234,8 @@ class NodeCluster:
                     ip_addresses=(layout.node_ip, layout.kubernetes_service_ip, "127.0.0.1"),
                     server=True,
                 ),
-                pki.Identity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters", client=True),
+                pki.Identity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters",
+                             client=True),
                 pki.Identity("kubelet", layout.node_name, dns_names=(layout.node_name,),
                              ip_addresses=(layout.node_ip,), server=True),
                 pki.Identity("kubelet-client", f"system:node:{layout.node_name}", "system:nodes", client=True),
@@ -246,7 +255,7 @@ class NodeCluster:
 
     def _write_configs(self) -> None:
         layout = self.layout
-        for directory in (layout.run_dir, layout.state_dir, layout.cni_conf_dir):
+        for directory in (layout.run_dir, layout.cni_conf_dir):
             directory.mkdir(parents=True, exist_ok=True)
         (layout.cni_conf_dir / "10-agentrun.conflist").write_text(configs.cni_config(layout))
         registries = layout.run_dir / "registries" / "_default"

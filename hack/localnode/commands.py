@@ -59,6 +59,8 @@ def up(directory: pathlib.Path) -> int:
             f"--set image.repository={repository} --set image.tag={tag}",
             flush=True,
         )
+        # Started in the background, a process may inherit SIGINT ignored: both signals stop the node.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         with contextlib.suppress(KeyboardInterrupt):
             while True:

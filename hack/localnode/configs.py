@@ -32,7 +32,7 @@ class Layout:
     kubelet_port: int = 10250
     # Runtime state (sockets, containerd's state, network namespaces, CNI configuration).
     run_dir: pathlib.Path = pathlib.Path("/run/agentrun-node")
-    # containerd's root: image content and snapshots.
+    # containerd's root: image content and snapshots, on a tmpfs mounted for the node's life.
     state_dir: pathlib.Path = pathlib.Path("/var/lib/agentrun-node")
 
     @property

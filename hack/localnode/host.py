@@ -9,6 +9,7 @@ cgroup v2 group, so that none of them can be missed, however they were forked.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -98,7 +99,10 @@ def install_packages() -> None:
     if not missing:
         return
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
+    for command in (
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+    ):
         result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise NodeHostError(f"{' '.join(command)} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
@@ -224,9 +228,9 @@ def _node_processes(layout: configs.Layout) -> dict[int, str]:
         except OSError:
             continue
         name = pathlib.Path(exe).name
-        if name in NODE_ONLY and "agentrun" in exe:
-            pids.add(int(proc.name))
-        elif name in ("etcd", "kube-apiserver", "dnsmasq") and layout.node_ip in cmdline:
+        if (name in NODE_ONLY and "agentrun" in exe) or (
+            name in ("etcd", "kube-apiserver", "dnsmasq") and layout.node_ip in cmdline
+        ):
             pids.add(int(proc.name))
     pids.discard(os.getpid())
     described = {}
@@ -247,6 +251,12 @@ def create_bridge(layout: configs.Layout) -> None:
     run("ip", "link", "add", layout.bridge, "type", "bridge")
     run("ip", "addr", "add", f"{layout.node_ip}/{layout.pod_prefix_length}", "dev", layout.bridge)
     run("ip", "link", "set", layout.bridge, "up")
+
+
+def mount_state(layout: configs.Layout) -> None:
+    """containerd's root on a tmpfs of its own: loading images skips the disk, and teardown is one unmount."""
+    layout.state_dir.mkdir(parents=True, exist_ok=True)
+    run("mount", "-t", "tmpfs", "-o", "mode=0711", "agentrun-node", str(layout.state_dir))
 
 
 def isolate_pods(layout: configs.Layout) -> None:
@@ -367,9 +377,7 @@ def leftovers(layout: configs.Layout, sysctls: dict[str, str] | None = None) -> 
         iptables=_iptables_traces(),
         paths=[str(path) for path in _paths(layout)],
         cgroups=[str(path) for path in [*_pod_cgroups(), *node_group] if path.exists()],
-        sysctls={
-            name: (value, current[name]) for name, value in (sysctls or {}).items() if current.get(name) != value
-        },
+        sysctls={name: (value, current[name]) for name, value in (sysctls or {}).items() if current.get(name) != value},
     )
 
 
@@ -386,6 +394,21 @@ def save_sysctls(layout: configs.Layout, values: dict[str, str]) -> None:
     (layout.run_dir / "sysctls.json").write_text(json.dumps(values))
 
 
+def kill_pods(timeout: float = 10.0) -> None:
+    """SIGKILL every process of every pod (the kubepods cgroups) until none is left."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pids: set[int] = set()
+        for directory in _pod_cgroups():
+            pids |= _cgroup_pids(directory)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
 def _kill_all(layout: configs.Layout, deadline: float) -> None:
     """SIGKILL every node process until none is left: containers, shims, components."""
     group = cgroup2_root()
@@ -397,10 +420,8 @@ def _kill_all(layout: configs.Layout, deadline: float) -> None:
         if kill_file is not None and kill_file.exists():
             kill_file.write_text("1")
         for pid in processes:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.1)
 
 

@@ -197,8 +197,8 @@ def _mounts_under(path: pathlib.Path) -> list[str]:
 
 def _in_chroot(rootfs: pathlib.Path, *command: str, what: str) -> str:
     """A command inside ``rootfs``, with none of this machine's environment (pip settings, say)."""
-    return _run("env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/root", "/usr/sbin/chroot", str(rootfs), *command,
-                what=what)  # fmt: skip
+    clean_env = ["env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/root"]
+    return _run(*clean_env, "/usr/sbin/chroot", str(rootfs), *command, what=what)
 
 
 def python_base(cache: pathlib.Path | None = None) -> Image:
@@ -263,7 +263,7 @@ def _finish_base(rootfs: pathlib.Path) -> str:
 
 
 class Buildah:
-    """buildah with its storage in the cache (overlay driver), so layers are reused across builds."""
+    """buildah with its storage in the cache (overlay driver), where the Python base stays loaded."""
 
     def __init__(self, cache: pathlib.Path | None = None) -> None:
         root = (cache or cache_root()) / "buildah"
@@ -284,9 +284,13 @@ class Buildah:
         self("tag", image_id, base.name, what="naming the Python base")
 
     def build_options(self, base: Image) -> list[str]:
-        """Options of ``buildah build`` for the Dockerfile on ``base``, its ``PYTHON_IMAGE``; nothing is pulled."""
+        """Options of ``buildah build`` for the Dockerfile on ``base``, its ``PYTHON_IMAGE``; nothing is pulled.
+
+        No layer cache: buildah 1.28 reuses a cached ``RUN --mount=...,from=build`` step even when
+        the wheels it mounts changed, which would ship stale code under a new name.
+        """
         options = [
-            "--pull=never", "--layers", "--network=host", "--isolation=chroot",
+            "--pull=never", "--network=host", "--isolation=chroot",
             "--build-arg", f"PYTHON_IMAGE={base.name}",
         ]  # fmt: skip
         if HOST_CA_BUNDLE.exists():
@@ -331,6 +335,8 @@ def operator_image(base: Image, cache: pathlib.Path | None = None, *, context: p
     partial.unlink(missing_ok=True)
     buildah("push", image.name, f"docker-archive:{partial}:{image.name}", what="saving the operator image")
     partial.rename(image.archive)
+    # The archive is the cache; buildah's storage keeps only the base.
+    buildah("rmi", image.name, what="removing the built image from buildah's storage")
     print(f"images: built {image.name} from the Dockerfile in {time.monotonic() - started:.0f}s", flush=True)
     _prune(directory, "operator", image.archive)
     return image

@@ -13,15 +13,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import nodetier
 import pytest
 
 import harness
 import localcluster
-import nodetier
 from localnode import cluster as nodecluster
 from localnode import images
 
-NODE_LINE = pytest.StashKey[str]()
+NODE_LINES = pytest.StashKey[list[str]]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -29,8 +29,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _announce(config: pytest.Config, line: str) -> None:
-    """Say which node the session runs on, past pytest's output capture."""
-    config.stash[NODE_LINE] = line
+    """Say which node the session runs on, and how it went away, past pytest's output capture."""
+    config.stash.setdefault(NODE_LINES, []).append(line)
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     capture = config.pluginmanager.get_plugin("capturemanager")
     if reporter is None:
@@ -43,8 +43,8 @@ def _announce(config: pytest.Config, line: str) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    if NODE_LINE in config.stash:
-        terminalreporter.write_line(config.stash[NODE_LINE])
+    for line in config.stash.get(NODE_LINES, []):
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -59,8 +59,9 @@ def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     versions = local.versions()
     _announce(
         request.config,
-        f"node tier: node {local.node_name} Ready in {local.timings['ready']:.1f}s "
-        f"(images and binaries ready in {prepared:.1f}s); kube-apiserver {versions['kubernetes']} at "
+        f"node tier: node {local.node_name} Ready in {local.timings['ready']:.1f}s, images loaded in "
+        f"{local.timings['images']:.1f}s (binaries and image archives ready in {prepared:.1f}s); "
+        f"kube-apiserver {versions['kubernetes']} at "
         f"{local.control_plane.server}, kubelet {versions['kubelet']}, {versions['runtime']}, "
         f"runc {versions['runc']}; operator image {operator.name} built from the Dockerfile on {base.name}; "
         f"logs in {local.workdir}",
@@ -71,4 +72,10 @@ def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
         helm = nodetier.Helm(binaries.helm, cluster, tmp_path_factory.mktemp("helm"))
         yield nodetier.Node(cluster, local, helm, base, operator)
     finally:
+        stopping = time.monotonic()
         local.stop()  # raises, listing what is left, when the node leaves any trace on the machine
+        _announce(
+            request.config,
+            f"node tier: teardown in {time.monotonic() - stopping:.1f}s left nothing on this machine "
+            "(checked: processes, mounts, network links, iptables rules, host paths, cgroups, sysctls)",
+        )

@@ -20,10 +20,10 @@ import shlex
 import subprocess
 from collections.abc import Iterator
 
+import nodetier
 import pytest
 
 import harness
-import nodetier
 from localnode import images
 
 pytestmark = pytest.mark.node
@@ -60,10 +60,10 @@ def docker_stand_in(node: nodetier.Node, directory: pathlib.Path) -> pathlib.Pat
         "#!/bin/bash\n"
         "# docker, as far as the README's install steps use it: buildah, and the node's containerd as the registry.\n"
         "set -euo pipefail\n"
-        'command=$1; shift\n'
+        "command=$1; shift\n"
         'case "$command" in\n'
         f'  build) exec {build} "$@" ;;\n'
-        '  push) scratch=$(mktemp -d); trap \'rm -rf "$scratch"\' EXIT\n'
+        "  push) scratch=$(mktemp -d); trap 'rm -rf \"$scratch\"' EXIT\n"
         f'        {push} "$1" "docker-archive:$scratch/image.tar:$1"\n'
         f'        {ctr} "$scratch/image.tar" ;;\n'
         '  *) echo "docker $command is not one of the README install steps" >&2; exit 2 ;;\n'
@@ -84,6 +84,7 @@ def clean_install(node: nodetier.Node) -> Iterator[None]:
     node.cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=60s", check=False)
 
 
+@pytest.mark.timeout(1500)  # the image is built from scratch: no layer is cached
 def test_readme_install_section_works_step_for_step(
     node: nodetier.Node, clean_install: None, tmp_path: pathlib.Path
 ) -> None:
@@ -98,16 +99,25 @@ def test_readme_install_section_works_step_for_step(
     for command in commands:
         for placeholder, value in PLACEHOLDERS.items():
             command = command.replace(placeholder, shlex.quote(value))
-        result = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", command],
-            cwd=harness.ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
+        limit = 900 if command.startswith("docker build ") else 180
+        try:
+            result = subprocess.run(
+                ["bash", "-euo", "pipefail", "-c", command],
+                cwd=harness.ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=limit,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{command}\nstill running after {limit}s\n{nodetier.diagnose(node, NAMESPACE)}"
+            ) from None
+        assert result.returncode == 0, (
+            f"{command}\nexit {result.returncode}\n{result.stdout[-3000:]}{result.stderr[-3000:]}\n"
+            f"{nodetier.diagnose(node, NAMESPACE)}"
         )
-        assert result.returncode == 0, f"{command}\nexit {result.returncode}\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
         outputs.append(result.stdout)
 
     # What the steps did: the operator Pod runs the image built from the Dockerfile, hello succeeded.
