@@ -50,7 +50,6 @@ FIXED_PATHS = (
     pathlib.Path("/var/log/containers"),
     pathlib.Path("/var/lib/cni"),
     pathlib.Path("/run/containerd"),
-    pathlib.Path("/etc/cni/net.d/cni.lock"),
 )
 LOCK = pathlib.Path("/run/agentrun-node.lock")
 CGROUP_NAME = "agentrun-node"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
@@ -82,6 +83,16 @@ def _prune(directory: pathlib.Path, prefix: str, keep: pathlib.Path) -> None:
     archives = sorted(directory.glob(f"{prefix}-*.tar"), key=lambda path: path.stat().st_mtime, reverse=True)
     for old in [path for path in archives if path != keep][KEEP_ARCHIVES - 1 :]:
         old.unlink(missing_ok=True)
+        old.with_suffix(".packages").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _building(directory: pathlib.Path) -> Iterator[None]:
+    """One image build at a time per cache: concurrent sessions wait, then find the archive made."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 # --- OCI archives ---------------------------------------------------------------------
@@ -154,8 +165,9 @@ def pause_image(cache: pathlib.Path | None = None) -> Image:
     image = Image(f"localhost/agentrun/pause:{key}", directory / f"pause-{key}.tar", key)
     if image.archive.exists():
         return image
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="agentrun-pause-") as scratch:
+    with _building(directory), tempfile.TemporaryDirectory(prefix="agentrun-pause-") as scratch:
+        if image.archive.exists():
+            return image
         binary = pathlib.Path(scratch) / "pause"
         _run("gcc", "-static", "-Os", "-s", "-o", str(binary), str(source), what="compiling pause.c")
         layer = pathlib.Path(scratch) / "layer.tar"
@@ -208,9 +220,10 @@ def python_base(cache: pathlib.Path | None = None) -> Image:
     image = Image(f"localhost/agentrun/python:3.11-{DEBIAN_SUITE}-{key}", directory / f"python-{key}.tar", key)
     if image.archive.exists():
         return image
-    directory.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with _scratch_dir("agentrun-base-") as scratch:
+    with _building(directory), _scratch_dir("agentrun-base-") as scratch:
+        if image.archive.exists():
+            return image
         rootfs = scratch / "rootfs"
         _run(
             "debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
@@ -229,8 +242,8 @@ def python_base(cache: pathlib.Path | None = None) -> Image:
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"],
             "Cmd": ["python3"],
         }
+        image.archive.with_suffix(".packages").write_text(packages)
         write_oci_archive(image.archive, image.name, layer, config)
-    image.archive.with_suffix(".packages").write_text(packages)
     print(f"images: built the Python base {image.name} in {time.monotonic() - started:.0f}s", flush=True)
     _prune(directory, "python", image.archive)
     return image
@@ -325,18 +338,20 @@ def operator_image(base: Image, cache: pathlib.Path | None = None, *, context: p
     image = Image(f"localhost/agentrun-operator:{key}", directory / f"operator-{key}.tar", key)
     if image.archive.exists():
         return image
-    directory.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    buildah = Buildah(cache)
-    buildah.load_base(base)
-    buildah("build", *buildah.build_options(base), "--tag", image.name, str(context),
-            what="buildah build of the Dockerfile", cwd=context)  # fmt: skip
-    partial = image.archive.with_suffix(".partial")
-    partial.unlink(missing_ok=True)
-    buildah("push", image.name, f"docker-archive:{partial}:{image.name}", what="saving the operator image")
-    partial.rename(image.archive)
-    # The archive is the cache; buildah's storage keeps only the base.
-    buildah("rmi", image.name, what="removing the built image from buildah's storage")
+    with _building(directory):
+        if image.archive.exists():
+            return image
+        buildah = Buildah(cache)
+        buildah.load_base(base)
+        buildah("build", *buildah.build_options(base), "--tag", image.name, str(context),
+                what="buildah build of the Dockerfile", cwd=context)  # fmt: skip
+        partial = image.archive.with_suffix(".partial")
+        partial.unlink(missing_ok=True)
+        buildah("push", image.name, f"docker-archive:{partial}:{image.name}", what="saving the operator image")
+        partial.rename(image.archive)
+        # The archive is the cache; buildah's storage keeps only the base.
+        buildah("rmi", image.name, what="removing the built image from buildah's storage")
     print(f"images: built {image.name} from the Dockerfile in {time.monotonic() - started:.0f}s", flush=True)
     _prune(directory, "operator", image.archive)
     return image

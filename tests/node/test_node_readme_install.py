@@ -32,6 +32,7 @@ README = harness.ROOT / "README.md"
 PLACEHOLDERS = {"<repository URL>": "https://example.invalid/agentrun"}
 NAMESPACE = "agentrun-system"  # the README's
 CRD = "agentruns.agentrun.dev"
+README_IMAGE = "registry.example.com/agentrun-operator:0.1.0"
 
 
 def install_commands() -> list[str]:
@@ -82,6 +83,9 @@ def clean_install(node: nodetier.Node) -> Iterator[None]:
     node.cluster.kubectl("delete", "agentrun", "hello", "--ignore-not-found", "--timeout=30s", check=False)
     node.cluster.kubectl("delete", "crd", CRD, "--ignore-not-found", "--timeout=60s", check=False)
     node.cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=60s", check=False)
+    # The README's image stays only in the node, which goes away with the session.
+    buildah = images.Buildah()
+    subprocess.run(["buildah", *buildah.options, "rmi", README_IMAGE], capture_output=True, check=False)
 
 
 @pytest.mark.timeout(1500)  # the image is built from scratch: no layer is cached
@@ -122,6 +126,6 @@ def test_readme_install_section_works_step_for_step(
 
     # What the steps did: the operator Pod runs the image built from the Dockerfile, hello succeeded.
     pods = json.loads(node.cluster.kubectl("get", "pods", "-n", NAMESPACE, "-o", "json").stdout)["items"]
-    assert [pod["spec"]["containers"][0]["image"] for pod in pods] == ["registry.example.com/agentrun-operator:0.1.0"]
+    assert [pod["spec"]["containers"][0]["image"] for pod in pods] == [README_IMAGE]
     assert node.cluster.run_status("hello", "default")["phase"] == "Succeeded"
     assert "run_succeeded" in outputs[-1], outputs[-1]
