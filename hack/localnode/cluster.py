@@ -141,8 +141,9 @@ class NodeCluster:
         stale = host.leftovers(self.layout)
         if stale:
             print(f"localnode: removing what an earlier node left behind:\n{stale.report()}", flush=True)
-            host.clean(self.layout, host.saved_sysctls(self.layout))
-            self._verify(host.saved_sysctls(self.layout), "after an earlier node")
+            earlier = host.saved_sysctls(self.layout)
+            host.clean(self.layout, earlier)
+            self._verify(earlier, "after an earlier node")
         self._sysctls = host.read_sysctls()
         host.save_sysctls(self.layout, self._sysctls)
         host.prepare_cgroup()

@@ -53,7 +53,9 @@ FIXED_PATHS = (
 )
 LOCK = pathlib.Path("/run/agentrun-node.lock")
 CGROUP_NAME = "agentrun-node"
-# The node's components that no other tier runs; etcd and kube-apiserver are recognised by the node address.
+# The node's components that no other tier runs, as build.sh builds them; etcd and kube-apiserver
+# are recognised by the node address.
+BUILT = "/controlplane/kubernetes-"
 NODE_ONLY = ("kubelet", "kube-proxy", "kube-controller-manager", "kube-scheduler", "containerd",
              "containerd-shim-runc-v2")  # fmt: skip
 # Kernel settings the kubelet, kube-proxy or the bridge plugin may change; restored on teardown.
@@ -188,8 +190,9 @@ def contained(argv: list[str]) -> list[str]:
 
 
 def contain(pid: int) -> None:
-    """Move an already started process into the node's cgroup."""
-    (node_cgroup() / "cgroup.procs").write_text(str(pid))
+    """Move an already started process into the node's cgroup (nothing to move if it has exited)."""
+    with contextlib.suppress(ProcessLookupError):
+        (node_cgroup() / "cgroup.procs").write_text(str(pid))
 
 
 def _pod_cgroups() -> list[pathlib.Path]:
@@ -227,7 +230,7 @@ def _node_processes(layout: configs.Layout) -> dict[int, str]:
         except OSError:
             continue
         name = pathlib.Path(exe).name
-        if (name in NODE_ONLY and "agentrun" in exe) or (
+        if (name in NODE_ONLY and BUILT in exe) or (
             name in ("etcd", "kube-apiserver", "dnsmasq") and layout.node_ip in cmdline
         ):
             pids.add(int(proc.name))

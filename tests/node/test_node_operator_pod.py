@@ -12,6 +12,7 @@ import dataclasses
 import json
 import pathlib
 import secrets
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -169,6 +170,28 @@ def test_operator_runs_as_65532_on_a_read_only_root_without_capabilities(node: n
     mounts = exec_in(node, release, "cat", "/proc/1/mounts").splitlines()
     [root] = [line for line in mounts if line.split()[1] == "/"]
     assert "ro" in root.split()[3].split(","), root
+
+
+def test_pods_resolve_cluster_names_only_and_are_never_forwarded_out(node: nodetier.Node, release: Release) -> None:
+    lookup = (
+        "import socket\n"
+        "print(socket.getaddrinfo('kubernetes.default.svc', 443, type=socket.SOCK_STREAM)[0][4][0])\n"
+        "try:\n"
+        "    socket.getaddrinfo('pypi.org', 443)\n"
+        "    print('resolved')\n"
+        "except socket.gaierror:\n"
+        "    print('unresolved')\n"
+    )
+    # The DNS stub on the node answers the API server's Service and nothing outside the cluster.
+    assert exec_in(node, release, "python3", "-c", lookup).split() == [
+        node.local.layout.kubernetes_service_ip,
+        "unresolved",
+    ]
+    # Whatever a pod sends elsewhere is dropped before it could be forwarded out of the machine.
+    rules = subprocess.run(["iptables", "-t", "mangle", "-S", "FORWARD"], capture_output=True, text=True).stdout
+    first = rules.splitlines()[1]
+    assert f"-s {node.local.layout.pod_cidr} ! -o {node.local.layout.bridge}" in first, rules
+    assert first.endswith("-j DROP"), rules
 
 
 def test_operator_works_under_the_chart_service_account_and_runs_hello(node: nodetier.Node, release: Release) -> None:
