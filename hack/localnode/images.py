@@ -31,7 +31,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = os.environ.get("AGENTRUN_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-# python3-venv brings the pip and setuptools wheels that ensurepip installs into /usr/local,
+# python3-venv brings the pip and setuptools wheels; pip installs both from them into /usr/local,
 # where the Dockerfile's final `pip uninstall` can remove them, as on python:3.11-slim.
 BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates")
 # Part of the base's cache key with the suite and the packages: bump it when python_base()
@@ -74,7 +74,8 @@ def digest(*parts: bytes) -> str:
 def _run(*command: str, what: str, cwd: pathlib.Path | None = None) -> str:
     result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=cwd)
     if result.returncode != 0:
-        raise ImageError(f"{what} failed ({result.returncode}): {' '.join(command)}\n{result.stderr[-4000:]}")
+        output = f"{result.stdout[-3000:]}{result.stderr[-3000:]}"
+        raise ImageError(f"{what} failed ({result.returncode}): {' '.join(command)}\n{output}")
     return result.stdout
 
 
