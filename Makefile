@@ -5,10 +5,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: help venv controlplane test unit integration chart lint crds chart-docs demo bench clean
+.PHONY: help venv controlplane node-prereqs test unit integration chart node cluster lint crds chart-docs demo bench clean
 
 help:
-	@echo "make test    lint + unit + integration + chart tiers (what CI runs)"
+	@echo "make test    lint + unit + integration + chart + node tiers (what CI runs)"
+	@echo "make node    the node tier: a real node runs the chart's Deployment (root; one node per machine)"
+	@echo "make cluster keep a cluster with a real node up, for trying the chart by hand"
 	@echo "make demo    throwaway control plane + operator + examples/ (DEMO_ARGS=--keep to keep it up)"
 	@echo "make crds    regenerate crds/ from the API models"
 	@echo "make lint    ruff, mypy --strict, import-linter, CRD drift"
@@ -22,14 +24,20 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-# Builds pinned kube-apiserver, etcd, kubectl and helm once; later runs reuse the cache.
+# Builds the pinned Kubernetes binaries, etcd, helm and containerd once; later runs reuse the cache.
 controlplane:
 	@bash hack/controlplane/build.sh >/dev/null
+
+# The node's Debian packages (apt-get, as root), its binaries, the pause, Python base and
+# operator images (from the Dockerfile); cached outside the tree, each step timed.
+node-prereqs: venv controlplane
+	$(BIN)/python hack/localcluster.py prepare-node
 
 lint: venv
 	$(BIN)/ruff check operator tests hack bench
 	$(BIN)/ruff format --check operator tests hack bench
 	$(BIN)/mypy
+	MYPYPATH=hack:tests:tests/node $(BIN)/mypy --strict --follow-imports=silent hack/localnode hack/localcluster.py tests/node
 	$(BIN)/lint-imports
 	$(BIN)/agentrun crd --check crds
 	$(BIN)/agentrun crd --check charts/agentrun-operator/files
@@ -43,7 +51,14 @@ integration: venv controlplane
 chart: venv controlplane
 	$(BIN)/python -m pytest tests/chart $(PYTEST_ARGS)
 
-test: venv controlplane lint
+node: venv node-prereqs
+	$(BIN)/python -m pytest tests/node $(PYTEST_ARGS)
+
+# Prints the export KUBECONFIG=... line and a helm install command; Ctrl-C tears it all down.
+cluster: venv node-prereqs
+	$(BIN)/python hack/localcluster.py up --node
+
+test: venv controlplane node-prereqs lint
 	$(BIN)/python -m pytest -ra tests $(PYTEST_ARGS)
 
 # The chart ships the same generated files; a chart test fails if the copies differ.

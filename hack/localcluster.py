@@ -7,8 +7,10 @@ into a cache outside the work tree.
 
 There is no scheduler, kubelet or controller-manager: Pods are never run,
 owned objects are never garbage-collected, namespaces never finish deleting.
+``localnode`` adds all of them, and a real node, on top of this module.
 
-Run ``python hack/localcluster.py up`` to keep one running until Ctrl-C.
+Run ``python hack/localcluster.py up`` to keep one running until Ctrl-C, or
+``up --node`` for a cluster with a node (``make cluster``).
 """
 
 from __future__ import annotations
@@ -282,9 +284,13 @@ class LocalCluster:
             ]
         return flags
 
+    @property
+    def ca_file(self) -> pathlib.Path:
+        """What clients trust: kube-apiserver writes a self-signed serving certificate into --cert-dir."""
+        return self.workdir / "certs" / "apiserver.crt"
+
     def _ssl_context(self) -> ssl.SSLContext:
-        # kube-apiserver writes a self-signed serving certificate into --cert-dir.
-        return ssl.create_default_context(cafile=str(self.workdir / "certs" / "apiserver.crt"))
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     def _get(self, path: str) -> str:
         request = urllib.request.Request(self.server + path, headers={"Authorization": f"Bearer {self.token}"})
@@ -308,7 +314,7 @@ class LocalCluster:
 
     def write_kubeconfig(self, path: pathlib.Path, user: str, token: str) -> pathlib.Path:
         """A kubeconfig for this cluster that authenticates with ``token``."""
-        ca = self.workdir / "certs" / "apiserver.crt"
+        ca = self.ca_file
         path.write_text(
             "apiVersion: v1\nkind: Config\n"
             f"clusters:\n- name: local\n  cluster:\n    server: {self.server}\n    certificate-authority: {ca}\n"
@@ -342,12 +348,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start a cluster and keep it running until interrupted")
-    up.add_argument("--dir", type=pathlib.Path, default=ROOT / ".demo" / "cluster")
+    up.add_argument("--dir", type=pathlib.Path, default=None)
+    up.add_argument("--node", action="store_true", help="with a real node: pods run (root; one per machine)")
     sub.add_parser("binaries", help="build or locate the binaries and print their directory")
+    sub.add_parser("prepare-node", help="install the node's Debian packages, build its binaries and images")
     args = parser.parse_args(argv)
     if args.command == "binaries":
         print(find_binaries().bin_dir)
         return 0
+    if args.command == "prepare-node" or args.node:
+        from localnode import commands  # here: localnode builds on this module
+
+        if args.command == "prepare-node":
+            return commands.prepare()
+        return commands.up(args.dir or ROOT / ".demo" / "node")
+    args.dir = args.dir or ROOT / ".demo" / "cluster"
     shutil.rmtree(args.dir, ignore_errors=True)
     with running(args.dir) as cluster:
         print(f"kube-apiserver {cluster.version()} ready at {cluster.server}")
