@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -209,11 +210,14 @@ class LocalCluster:
                     check = ["auth", "can-i", rule["verbs"][0], f"{kind}.{group}".rstrip("."), "--all-namespaces"]
                     check += [f"--as={OPERATOR_USER}"] + ([f"--subresource={subresource}"] if subresource else [])
                     processes.wait_until(
-                        lambda check=check: self.kubectl(*check, check=False).stdout.strip() == "yes",
+                        functools.partial(self._allowed, check),
                         timeout=timeout,
                         interval=0.2,
                         what=f"{OPERATOR_USER} to be granted {' '.join(check[2:4])}",
                     )
+
+    def _allowed(self, can_i: list[str]) -> bool:
+        return self.kubectl(*can_i, check=False).stdout.strip() == "yes"
 
     def version(self) -> str:
         """The API server's gitVersion, such as ``v1.35.4``."""

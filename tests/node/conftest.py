@@ -13,11 +13,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import nodetier
 import pytest
 
 import harness
 import localcluster
+import nodetier
 from localnode import cluster as nodecluster
 from localnode import images
 

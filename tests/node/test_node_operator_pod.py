@@ -16,10 +16,10 @@ import subprocess
 from collections.abc import Iterator
 from typing import Any
 
-import nodetier
 import pytest
 
 import harness
+import nodetier
 
 pytestmark = pytest.mark.node
 

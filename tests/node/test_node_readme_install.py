@@ -20,10 +20,10 @@ import shlex
 import subprocess
 from collections.abc import Iterator
 
-import nodetier
 import pytest
 
 import harness
+import nodetier
 from localnode import images
 
 pytestmark = pytest.mark.node
