@@ -40,6 +40,7 @@ ORDER = [
     "agent-run.yaml",
     "thread.yaml",
     "mcp-tools.yaml",
+    "agent-with-tools.yaml",
     "limits.yaml",
 ]
 MCP_PORT = 8000  # examples/mcp-tools.yaml points at http://127.0.0.1:8000/mcp
@@ -119,7 +120,7 @@ def run(keep: bool) -> int:
             for name in ORDER:
                 demo.apply((ROOT / "examples" / name).read_text())
             finished = ("hello", "summarize-incident", "conversation-1", "blank-prompt", "summarize-incident-42")
-            for name in (*finished, "incident-tools", "within-budget", "over-budget"):
+            for name in (*finished, "incident-tools", "incident-triage-1", "within-budget", "over-budget"):
                 demo.wait_terminal(name)
 
             banner("Second turn: conversation-2 continues conversation-1's session")
@@ -148,6 +149,7 @@ def run(keep: bool) -> int:
                 "blank-prompt",
                 "summarize-incident-42",
                 "incident-tools",
+                "incident-triage-1",
                 "over-budget",
             ):
                 banner(name)

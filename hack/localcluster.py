@@ -5,7 +5,7 @@ Used by the integration tests and ``make demo``. The binaries come from
 ``hack/controlplane/build.sh``, which builds pinned versions from Go modules
 into a cache outside the work tree.
 
-There is no scheduler, kubelet or controller-manager: Pods are never run,
+There is no scheduler, kubelet or controller-manager here: Pods are never run,
 owned objects are never garbage-collected, namespaces never finish deleting.
 ``localnode`` adds all of them, and a real node, on top of this module.
 
