@@ -60,6 +60,9 @@ class NodeControlPlane(localcluster.LocalCluster):
     def apply_crds(self, timeout: float = 60.0) -> None:
         """Nothing: on a cluster with a node, the chart installs the CRD, as it does for users."""
 
+    def grant_operator_chart_rbac(self, timeout: float = 30.0) -> None:
+        """Nothing: on a cluster with a node, the operator runs in its pod under the chart's own ServiceAccount."""
+
     def _apiserver_flags(self) -> list[str]:
         replaced = ("--bind-address", "--advertise-address", "--secure-port", "--authorization-mode",
                     "--disable-admission-plugins")  # fmt: skip
