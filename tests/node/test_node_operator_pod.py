@@ -25,6 +25,7 @@ pytestmark = pytest.mark.node
 
 RELEASE = "agentrun-operator"
 CRD = "agentruns.agentrun.dev"
+CRDS = (CRD, "agents.agentrun.dev", "agentthreads.agentrun.dev")
 SHUTDOWN_REASONS = ("OperatorShutdown", "OperatorRestarted")
 
 
@@ -72,7 +73,7 @@ def release(node: nodetier.Node) -> Iterator[Release]:
                     "patch", "agentrun", item["metadata"]["name"], "-n", item["metadata"]["namespace"],
                     "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False,
                 )  # fmt: skip
-        node.cluster.kubectl("delete", "crd", CRD, "--ignore-not-found", "--timeout=60s", check=False)
+        node.cluster.kubectl("delete", "crd", *CRDS, "--ignore-not-found", "--timeout=60s", check=False)
         for created in (handle.namespace, handle.runs):
             node.cluster.kubectl("delete", "namespace", created, "--wait=false", check=False)
 

@@ -32,6 +32,7 @@ README = harness.ROOT / "README.md"
 PLACEHOLDERS = {"<repository URL>": "https://example.invalid/agentrun"}
 NAMESPACE = "agentrun-system"  # the README's
 CRD = "agentruns.agentrun.dev"
+CRDS = (CRD, "agents.agentrun.dev", "agentthreads.agentrun.dev")
 README_IMAGE = "registry.example.com/agentrun-operator:0.1.0"
 
 
@@ -81,7 +82,7 @@ def clean_install(node: nodetier.Node) -> Iterator[None]:
     yield
     node.helm.run("uninstall", "agentrun", "--namespace", NAMESPACE, "--wait", check=False)
     node.cluster.kubectl("delete", "agentrun", "hello", "--ignore-not-found", "--timeout=30s", check=False)
-    node.cluster.kubectl("delete", "crd", CRD, "--ignore-not-found", "--timeout=60s", check=False)
+    node.cluster.kubectl("delete", "crd", *CRDS, "--ignore-not-found", "--timeout=60s", check=False)
     node.cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--timeout=60s", check=False)
     # The README's image stays only in the node, which goes away with the session.
     buildah = images.Buildah()
