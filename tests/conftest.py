@@ -18,26 +18,10 @@ import pytest
 import harness
 import localcluster
 
-CONTROL_PLANE = pytest.StashKey[str]()
-
-
-def _announce(config: pytest.Config, line: str) -> None:
-    """Say which API server the session runs against, past pytest's output capture."""
-    config.stash[CONTROL_PLANE] = line
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None:
-        return
-    if capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(line)
-    else:
-        reporter.write_line(line)
-
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    if CONTROL_PLANE in config.stash:
-        terminalreporter.write_line(config.stash[CONTROL_PLANE])
+    for line in config.stash.get(harness.SESSION_LINES, []):
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -46,13 +30,15 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     if existing:
         with harness.existing_cluster(pathlib.Path(existing)) as handle:
             version = handle.kubectl("version", "-o", "json").stdout
-            _announce(request.config, f"integration tier: existing cluster from AGENTRUN_TEST_KUBECONFIG: {version}")
+            harness.announce(
+                request.config, f"integration tier: existing cluster from AGENTRUN_TEST_KUBECONFIG: {version}"
+            )
             handle.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(localcluster.CRD_DIR))
             yield handle
         return
     workdir = tmp_path_factory.mktemp("control-plane")
     with localcluster.running(workdir, audit=True) as local:
-        _announce(
+        harness.announce(
             request.config,
             f"integration tier: real kube-apiserver {local.version()} at {local.server} "
             f"(etcd + kube-apiserver, binaries in {local.binaries.bin_dir})",

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import yaml
 
 import localcluster
@@ -22,6 +23,24 @@ import processes
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 TERMINAL = ("Succeeded", "Failed", "Cancelled")
+
+
+SESSION_LINES = pytest.StashKey[list[str]]()
+"""What the session runs against (API server, node), repeated in the summary by the root conftest."""
+
+
+def announce(config: pytest.Config, line: str) -> None:
+    """Say what the session runs on, past pytest's output capture, and again in its summary."""
+    config.stash.setdefault(SESSION_LINES, []).append(line)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    if capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+    else:
+        reporter.write_line(line)
 
 
 wait_until = processes.wait_until

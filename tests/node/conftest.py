@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -21,30 +20,9 @@ import nodetier
 from localnode import cluster as nodecluster
 from localnode import images
 
-NODE_LINES = pytest.StashKey[list[str]]()
-
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "node: needs the real node started by the test session")
-
-
-def _announce(config: pytest.Config, line: str) -> None:
-    """Say which node the session runs on, and how it went away, past pytest's output capture."""
-    config.stash.setdefault(NODE_LINES, []).append(line)
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None:
-        return
-    if capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(line)
-    else:
-        reporter.write_line(line)
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    for line in config.stash.get(NODE_LINES, []):
-        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +35,7 @@ def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     local = nodecluster.NodeCluster(tmp_path_factory.mktemp("node"), binaries, audit=True)
     local.start([operator])
     versions = local.versions()
-    _announce(
+    harness.announce(
         request.config,
         f"node tier: node {local.node_name} Ready in {local.timings['ready']:.1f}s, images loaded in "
         f"{local.timings['images']:.1f}s (binaries and image archives ready in {prepared:.1f}s); "
@@ -74,7 +52,7 @@ def node(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     finally:
         stopping = time.monotonic()
         local.stop()  # raises, listing what is left, when the node leaves any trace on the machine
-        _announce(
+        harness.announce(
             request.config,
             f"node tier: teardown in {time.monotonic() - stopping:.1f}s left nothing on this machine "
             "(checked: processes, mounts, network links, iptables rules, host paths, cgroups, sysctls)",
