@@ -6,7 +6,6 @@ import datetime
 import json
 import pathlib
 import signal
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -153,7 +152,6 @@ def test_cancelling_a_finished_run_changes_nothing(
     # A run created afterwards finishing shows that the operator has seen the change.
     cluster.apply(harness.echo_run("later", "after"), namespace)
     cluster.wait_phase("later", namespace)
-    time_waited = time.monotonic()
     assert cluster.run_status("done", namespace) == before
-    assert [w for w in cluster.operator_writes(namespace) if w.name == "done"][4:] == []
-    assert time.monotonic() - time_waited < 5
+    # Its four lifecycle writes (finalizer, Running, Succeeded, release) and none since.
+    assert len([w for w in cluster.operator_writes(namespace) if w.name == "done"]) == 4

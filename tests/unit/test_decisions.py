@@ -226,17 +226,16 @@ def model_error(status_code: int | None) -> transitions.Ending:
             id="invalid-request-never",
         ),
         pytest.param(
-            running_with_attempts(1, limit=5, backoffSeconds=600),
+            running_with_attempts(4, limit=5, backoffSeconds=150),  # 150 * 2**3 = 1200, capped at 600
             model_error(503),
-            None,
-            id="backoff-past-the-deadline",
+            600,
+            id="backoff-capped-inside-the-deadline",
         ),
         pytest.param(running_with_attempts(10, limit=20, backoffSeconds=10), model_error(503), 600, id="capped"),
     ],
 )
 def test_retry_policy(current: ports.RunObject, ending: transitions.Ending, delay: float | None) -> None:
-    deadline = 500 if current.spec and current.spec.retry and current.spec.retry.backoff_seconds == 600 else 900
-    at = decisions.retry_at(current, ending, NOW, deadline_seconds=deadline, jitter=1.0)
+    at = decisions.retry_at(current, ending, NOW, deadline_seconds=900, jitter=1.0)
     assert at == (None if delay is None else NOW + datetime.timedelta(seconds=delay))
 
 
@@ -245,3 +244,9 @@ def test_retry_jitter_shortens_the_backoff() -> None:
     assert decisions.retry_at(
         current, model_error(503), NOW, deadline_seconds=900, jitter=0.5
     ) == NOW + datetime.timedelta(seconds=5)
+
+
+def test_no_retry_starts_after_the_runs_deadline() -> None:
+    current = running_with_attempts(1, limit=5, backoffSeconds=600)
+    assert decisions.retry_at(current, model_error(503), NOW, deadline_seconds=900, jitter=1.0) is not None
+    assert decisions.retry_at(current, model_error(503), NOW, deadline_seconds=600, jitter=1.0) is None
