@@ -236,6 +236,11 @@ class Reconciler:
         if entry.busy and entry.driver is None:
             entry.dirty = True  # decided again from the newest copy when the action in flight is done
             return
+        if entry.unrecorded is not None and not self._draining:
+            # This instance knows how the attempt ended: that comes before any judgement of the stored copy
+            # (which still says Running, owned by us, executed by nobody: an orphan, were it not for this).
+            self._start(entry, self._record_unrecorded(entry), what="record the end")
+            return
         run = entry.run
         action = decisions.decide(run, self._observed(entry), self.svc.clock())
         match action.verb:
@@ -350,6 +355,9 @@ class Reconciler:
             self._remember_released(run.ref)
             self._drop(entry)
             self._schedule_expiry(run)
+            return
+        if entry.unrecorded is not None:
+            entry.dirty = False  # the API server failed the write just now: the next notification or resync retries
             return
         if entry.dirty and not self._draining:
             entry.dirty = False
