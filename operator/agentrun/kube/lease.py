@@ -245,6 +245,13 @@ class LeaderElector:
             if error.status == 404:
                 return None
             raise
+        # Without preloading, kubernetes-asyncio hands back error replies instead of raising.
+        if response.status == 404:
+            response.release()
+            return None
+        if not 200 <= response.status <= 299:
+            detail = await response.text()
+            raise ApiException(status=response.status, reason=f"{response.reason}: {detail[:300]}")
         return dict(await response.json())
 
     async def _create(self, record: Record) -> bool:
