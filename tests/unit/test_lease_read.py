@@ -28,6 +28,9 @@ class Reply:
     async def text(self) -> str:
         return json.dumps(self._body)
 
+    async def read(self) -> bytes:
+        return json.dumps(self._body).encode()
+
     def release(self) -> None:
         self.released = True
 

@@ -235,6 +235,7 @@ class LeaderElector:
         return True
 
     async def _read(self) -> dict[str, Any] | None:
+        # Without preloading, kubernetes-asyncio hands back error replies instead of raising (errors.checked).
         try:
             response = await errors.checked(
                 await self._leases.read_namespaced_lease(
@@ -245,13 +246,6 @@ class LeaderElector:
             if error.status == 404:
                 return None
             raise
-        # Without preloading, kubernetes-asyncio hands back error replies instead of raising.
-        if response.status == 404:
-            response.release()
-            return None
-        if not 200 <= response.status <= 299:
-            detail = await response.text()
-            raise ApiException(status=response.status, reason=f"{response.reason}: {detail[:300]}")
         return dict(await response.json())
 
     async def _create(self, record: Record) -> bool:
