@@ -41,7 +41,7 @@ from agentrun.runtime import (
 logger = logging.getLogger(__name__)
 
 RELEASED_MEMORY = 10_000
-"""How many released runs to remember; stale watch copies of them arrive within moments."""
+"""At most this many released runs are remembered until the watch reports them gone (see ``forget``)."""
 
 
 @dataclasses.dataclass
@@ -128,8 +128,11 @@ class Reconciler:
     def forget(self, ref: ports.RunRef) -> None:
         """The object is gone from the API server."""
         self._line.leave(ref)
-        if ref not in self._released:
-            # A run this instance let go leaves the watch once labelled finished; its expiry stays.
+        if ref in self._released:
+            # A run this instance let go has left the watch (labelled finished), and with it the
+            # stale copies the memory guards against; its expiry stays scheduled.
+            del self._released[ref]
+        else:
             self.expiry.forget(ref)
         entry = self._entries.get(ref)
         if entry is not None and not entry.busy:
