@@ -1052,6 +1052,24 @@ async def test_finished_runs_of_before_a_restart_expire_from_their_completion_ti
     assert run_store.writes_of("old") == [("delete", "")]
 
 
+async def test_a_new_leader_finds_the_finished_runs_to_expire_by_listing_them(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore
+) -> None:
+    # Finished runs are not watched: only the listing of runs labelled finished finds them.
+    done = models.AgentRunStatus(phase=models.Phase.SUCCEEDED, reason="Succeeded", completion_time=NOW)
+    run_store.add("kept", status=done)
+    run_store.add("expiring", fakes.echo_spec(ttlSecondsAfterFinished=60), status=done)
+    run_store.add("unlabelled", fakes.echo_spec(ttlSecondsAfterFinished=60), status=done)
+    for name in ("kept", "expiring"):
+        run_store._bodies["ns", name]["metadata"]["labels"] = {models.FINISHED_LABEL: "true"}
+    sched = make_reconciler(clock=fakes.Clock(NOW + datetime.timedelta(seconds=61)), **QUIET)
+
+    assert await sched.expiry.sweep() == 1  # "expiring"; "kept" has no time to live
+    sched.start()
+    await fakes.eventually(lambda: not run_store.exists("expiring"), what="the expired run to be deleted")
+    assert run_store.exists("kept")
+
+
 @pytest.mark.parametrize(
     ("asked", "ceiling", "effective"),
     [

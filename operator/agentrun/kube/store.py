@@ -126,11 +126,11 @@ class KubeRunStore:
             )
         return agent_object(body)
 
-    async def _pages(self, namespace: str | None) -> AsyncIterator[dict[str, Any]]:
+    async def _pages(self, namespace: str | None, *, finished: bool = False) -> AsyncIterator[dict[str, Any]]:
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {
-                "label_selector": f"!{models.FINISHED_LABEL}",
+                "label_selector": f"{models.FINISHED_LABEL}=true" if finished else f"!{models.FINISHED_LABEL}",
                 "limit": LIST_PAGE,
                 "_request_timeout": self._timeout,
             }
@@ -160,6 +160,12 @@ class KubeRunStore:
                 if (item.get("status") or {}).get("phase") == models.Phase.RUNNING.value:
                     running.append(ports.RunObject.from_body(item))
         return running
+
+    async def finished_runs(self) -> AsyncIterator[ports.RunObject]:
+        scopes: list[str | None] = [*self._namespaces] or [None]
+        for namespace in scopes:
+            async for item in self._pages(namespace, finished=True):
+                yield ports.RunObject.from_body(item)
 
     async def write_status(self, run: ports.RunObject, status: models.AgentRunStatus) -> ports.RunObject:
         with errors.translated(f"write status of AgentRun {run.ref}"):

@@ -10,7 +10,7 @@ import dataclasses
 import datetime
 import enum
 import functools
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 import pydantic
@@ -239,6 +239,9 @@ class RunApi(Protocol):
 
     async def list_running(self) -> list[RunObject]:
         """Every watched run whose phase is Running (for orphan recovery)."""
+
+    def finished_runs(self) -> AsyncIterator[RunObject]:
+        """The watched runs labelled finished, page by page (for their expiry; they are not watched)."""
 
     async def write_status(self, run: RunObject, status: models.AgentRunStatus) -> RunObject:
         """Patch the fields the operator owns if the object is still at ``run.resource_version``; raises Conflict."""

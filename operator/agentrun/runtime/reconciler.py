@@ -110,6 +110,7 @@ class Reconciler:
     def start(self) -> None:
         """Start the background work that is not driven by notifications (expiry of finished runs)."""
         self.svc.supervisor.keep_running(self.expiry.run, what="expiry of finished runs")
+        self.svc.supervisor.keep_running(self.expiry.sweep_periodically, what="listing of finished runs to expire")
 
     def observe(self, run: ports.RunObject) -> None:
         """A newer copy of ``run`` is known. Idempotent; never blocks."""
