@@ -205,6 +205,13 @@ ALLOWED = [
     ("create", "secrets"),
     ("patch", "secrets"),
     ("create", "events"),
+    # Pod mode: runner Pods and their logs, nothing more.
+    ("create", "pods"),
+    ("get", "pods"),
+    ("list", "pods"),
+    ("watch", "pods"),
+    ("delete", "pods"),
+    ("get", "pods/log"),
 ]
 DENIED = [
     ("create", "agentruns.agentrun.dev"),
@@ -217,7 +224,11 @@ DENIED = [
     ("watch", "secrets"),
     ("delete", "secrets"),
     ("get", "configmaps"),
-    ("create", "pods"),
+    ("update", "pods"),
+    ("patch", "pods"),
+    ("create", "pods/exec"),
+    ("create", "pods/eviction"),
+    ("patch", "pods/status"),
     ("get", "leases.coordination.k8s.io"),
     ("create", "events.events.k8s.io"),
 ]

@@ -1,8 +1,8 @@
 {{/*
 The operator's permissions: exactly the API calls it makes, with explicit verbs.
-Nothing for pods, configmaps, leases, namespaces or CRDs: runs execute inside the
-operator process, kopf runs standalone (no peering objects), and the operator does not
-discover CRDs or namespaces at run time. See README.md, "RBAC".
+Nothing for configmaps, leases, namespaces or CRDs: kopf runs standalone (no peering
+objects), and the operator does not discover CRDs or namespaces at run time. Pods only
+for pod mode's runner Pods. See README.md, "RBAC".
 */}}
 {{- define "agentrun-operator.rules" -}}
 # Watch AgentRuns (kopf list + watch), re-read one before a guarded write (get), add or
@@ -38,6 +38,16 @@ discover CRDs or namespaces at run time. See README.md, "RBAC".
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "patch"]
+# Pod mode: create each attempt's runner Pod, read it (get; list and watch for kopf-free
+# follow-ups and kubectl-like tools), delete it when the run is cancelled or deleted, and
+# follow its log (pods/log get) for progress events and the result. The runner's input is a
+# Secret owned by the run (secrets create/patch above).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 # Post Kubernetes Events about runs (Started, Succeeded, Failed, ...) for `kubectl describe`;
 # create only: every Event gets a fresh generated name, none is ever updated.
 - apiGroups: [""]
