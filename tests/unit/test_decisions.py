@@ -27,12 +27,16 @@ def run(
     deleting: bool = False,
     cancel: bool = False,
     status: Any = None,
+    pod: bool = False,
 ) -> ports.RunObject:
     wire: dict[str, Any] = {"phase": phase}
     if owner is not None:
-        wire["runner"] = {"mode": "task", "instance": owner}
+        wire["runner"] = {"mode": "pod" if pod else "task", "instance": owner}
         if beat_age is not None:
             wire["runner"]["heartbeatTime"] = (NOW - datetime.timedelta(seconds=beat_age)).isoformat()
+    if pod:
+        started = NOW.isoformat()
+        wire["attempts"] = [{"number": 1, "mode": "pod", "instance": owner, "podName": "a-u-a1", "startTime": started}]
     metadata: dict[str, Any] = {"name": "a", "namespace": "ns", "uid": "u", "resourceVersion": "1"}
     if finalizer:
         metadata["finalizers"] = [models.FINALIZER]
@@ -72,6 +76,41 @@ ROWS = [
     ),
     pytest.param(
         run("Running", owner="other", beat_age=61, cancel=True), IDLE, Verb.CANCEL, Cause.REQUESTED, id="cancel-orphan"
+    ),
+    # running in a Pod: the Pod outlives its operator, so an orphan is adopted, never failed
+    pytest.param(run("Running", owner=ME, beat_age=1, pod=True), EXECUTING, Verb.WAIT, None, id="pod-ours-wait"),
+    pytest.param(
+        run("Running", owner="other", beat_age=1, pod=True), IDLE, Verb.WAIT, None, id="pod-foreign-alive-wait"
+    ),
+    pytest.param(run("Running", owner="other", beat_age=61, pod=True), IDLE, Verb.ADOPT, None, id="pod-orphan-adopt"),
+    pytest.param(run("Running", owner=ME, beat_age=1, pod=True), IDLE, Verb.ADOPT, None, id="pod-ours-forgotten-adopt"),
+    pytest.param(
+        run("Running", owner="other", beat_age=61, pod=True),
+        STARTING,
+        Verb.ADOPT,
+        None,
+        id="pod-orphan-adopted-during-recovery",
+    ),
+    pytest.param(
+        run("Running", owner="other", beat_age=61, pod=True),
+        DRAINING,
+        Verb.WAIT,
+        None,
+        id="pod-orphan-left-to-next-instance-while-draining",
+    ),
+    pytest.param(
+        run("Running", owner="other", beat_age=61, pod=True, cancel=True),
+        IDLE,
+        Verb.ADOPT,
+        None,
+        id="pod-orphan-cancelled-adopted-then-stopped",
+    ),
+    pytest.param(
+        run("Running", owner=ME, beat_age=1, pod=True, cancel=True),
+        EXECUTING,
+        Verb.STOP,
+        Cause.REQUESTED,
+        id="pod-cancel-ours-stop",
     ),
     # deletion
     pytest.param(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import re
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -49,9 +50,10 @@ def runner_pod_name(run_name: str, run_uid: str, attempt: int) -> str:
     The uid prefix tells the Pods of a re-created namesake apart; the same inputs always give
     the same name, so creating the Pod is idempotent.
     """
-    suffix = f"-{run_uid[:5]}-a{attempt}" if run_uid else f"-a{attempt}"
-    stem = run_name[: MAX_POD_NAME - len(suffix)].rstrip("-.")
-    return f"{stem}{suffix}".lower()
+    suffix = f"-{run_uid[:5].lower()}-a{attempt}" if run_uid else f"-a{attempt}"
+    label = re.sub(r"[^a-z0-9-]", "-", run_name.lower())  # a run's name may hold dots; a Pod's label may not
+    stem = label[: MAX_POD_NAME - len(suffix)].strip("-")
+    return f"{stem}{suffix}"
 
 
 # Layer names with a fixed role in every composition.

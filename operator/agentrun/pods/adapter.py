@@ -90,7 +90,7 @@ class PodRunner:
                 raise asyncio.CancelledError from None  # stopped: the driver records why
             raise
         except asyncio.CancelledError:
-            if sink.stop_requested.is_set():  # a deadline or a stop that outlasted its grace
+            if sink.stop_requested.is_set() and not followed.stopped:  # a deadline, or a stop past its grace
                 with contextlib.suppress(ports.ApiError, TimeoutError):
                     await asyncio.wait_for(followed.delete(grace=0), 10)
             raise  # otherwise the operator detaches: the Pod keeps running for the next instance
@@ -118,6 +118,7 @@ class _PodAttempt:
         self.tail = outcomes.LogTail()
         self.redactor = redaction.Redactor()
         self.image = ""
+        self.stopped = False
         settings = owner._settings
         budget = attempts.remaining_seconds(run, settings.default_timeout_seconds, owner._clock())
         self.deadline = time.monotonic() + budget
@@ -269,6 +270,7 @@ class _PodAttempt:
                 usage=result.usage,
             )
         if self.sink.stop_requested.is_set():
+            self.stopped = True  # the runner flushed and ended as asked
             raise asyncio.CancelledError
         # Stopped by someone else: an eviction, a preemption, a deletion of the Pod.
         try:

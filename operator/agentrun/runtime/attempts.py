@@ -137,8 +137,11 @@ class AttemptDriver:
                 if self.sink.pending:
                     await asyncio.sleep(wait)
                 else:
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancellation
+                    # that ends this loop when the event arrives at the same moment, and the attempt hangs.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.sink.arrived.wait(), wait)
+                        async with asyncio.timeout(wait):
+                            await self.sink.arrived.wait()
                 continue
             events = list(self.sink.pending)
             change = functools.partial(
