@@ -335,6 +335,34 @@ def test_an_output_over_the_budget_is_offloaded(pod_mode: PodMode, operator: pro
     assert json.loads(base64.b64decode(secret["data"][ref["key"]])) == "echo: " + prompt
 
 
+def run_seconds(status: dict[str, Any]) -> float:
+    """Admission to the recorded end, by the operator's own timestamps."""
+    start = datetime.datetime.fromisoformat(status["startTime"].replace("Z", "+00:00"))
+    end = datetime.datetime.fromisoformat(status["completionTime"].replace("Z", "+00:00"))
+    return (end - start).total_seconds()
+
+
+def test_pod_mode_latency_beside_task_mode(
+    pod_mode: PodMode, operator: processes.OperatorProcess, request: pytest.FixtureRequest
+) -> None:
+    """What a Pod costs: the same echo run, one at a time, in each mode (the README quotes these figures)."""
+    durations: dict[str, list[float]] = {"task": [], "pod": []}
+    for round_ in range(3):
+        for mode in ("task", "pod"):
+            name = f"latency-{mode}-{round_}"
+            pod_mode.cluster.apply(harness.echo_run(name, "how long?", runner={"mode": mode}), pod_mode.runs)
+            status = pod_mode.cluster.wait_phase(name, pod_mode.runs, timeout=90)["status"]
+            assert status["phase"] == "Succeeded", status
+            durations[mode].append(run_seconds(status))
+    task, pod = (sorted(durations[mode])[1] for mode in ("task", "pod"))
+    harness.announce(
+        request.config,
+        f"node tier: admission to Succeeded, median of 3 echo runs: task mode {task:.2f}s, pod mode {pod:.2f}s "
+        f"(image present on the node)",
+    )
+    assert task < pod < 60
+
+
 def wait_pod_running(pod_mode: PodMode, run: str) -> dict[str, Any]:
     def running() -> dict[str, Any] | None:
         pods = pod_mode.pods_of(run)
@@ -392,6 +420,35 @@ def test_an_image_that_does_not_exist_fails_within_the_bound(
     assert image in status["message"]
     assert elapsed < START_TIMEOUT_SECONDS + 20, elapsed
     harness.wait_until(lambda: not pod_mode.pods_of("no-image"), timeout=30, what="the unpullable Pod to be deleted")
+
+
+def test_a_pod_lost_with_its_node_fails_the_run_podfailed(
+    pod_mode: PodMode, operator: processes.OperatorProcess
+) -> None:
+    """One node only, so node loss is staged: the kubelet stops (the node goes NotReady), then the lost Pod
+    is force-deleted, as the Pod garbage collector or an administrator does for Pods of a dead node."""
+    cluster, local = pod_mode.cluster, pod_mode.node.local
+    cluster.apply(pod_run("stranded", "wait", delay=300), pod_mode.runs)
+    pod = wait_pod_running(pod_mode, "stranded")["metadata"]["name"]
+    local.stop_kubelet()
+    try:
+        unknown = {
+            "type": "Ready",
+            "status": "Unknown",
+            "reason": "NodeStatusUnknown",
+            "message": "Kubelet stopped posting node status.",
+        }
+        cluster.kubectl(
+            "patch", "node", local.node_name, "--subresource=status", "--type=strategic",
+            "-p", json.dumps({"status": {"conditions": [unknown]}}),
+        )  # fmt: skip
+        cluster.kubectl("delete", "pod", pod, "-n", pod_mode.runs, "--grace-period=0", "--force")
+        status = cluster.wait_phase("stranded", pod_mode.runs, timeout=60)["status"]
+    finally:
+        local.start_kubelet()
+    assert (status["phase"], status["reason"]) == ("Failed", "PodFailed"), status
+    assert pod in status["message"]
+    assert "lost with its node" in status["message"]
 
 
 def test_sigkill_of_the_operator_mid_flight_loses_no_pod_mode_run(
