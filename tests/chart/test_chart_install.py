@@ -155,8 +155,9 @@ def shell(cluster: harness.Cluster, script: str) -> subprocess.CompletedProcess[
 def can_i(cluster: harness.Cluster, release: Release, verb: str, resource: str, namespace: str | None) -> bool:
     args = ["auth", "can-i", verb, resource, f"--as={release.user}"]
     args += ["-n", namespace] if namespace else ["--all-namespaces"]
-    if resource.endswith("/status"):
-        args[3:4] = [resource.removesuffix("/status"), "--subresource=status"]
+    if "/" in resource:  # a subresource: status, log, exec, eviction
+        parent, subresource = resource.split("/", 1)
+        args[3:4] = [parent, f"--subresource={subresource}"]
     result = cluster.kubectl(*args, check=False)
     answer = result.stdout.strip()
     assert answer in ("yes", "no"), result.stderr

@@ -26,7 +26,11 @@ def local(cluster: harness.Cluster) -> localcluster.LocalCluster:
 
 
 def can_i(cluster: harness.Cluster, verb: str, resource: str, *flags: str) -> bool:
-    result = cluster.kubectl("auth", "can-i", verb, resource, "--all-namespaces", *flags, check=False)
+    target = [resource]
+    if "/" in resource:  # a subresource: log, exec
+        parent, subresource = resource.split("/", 1)
+        target = [parent, f"--subresource={subresource}"]
+    result = cluster.kubectl("auth", "can-i", verb, *target, "--all-namespaces", *flags, check=False)
     answer = result.stdout.strip()
     assert answer in ("yes", "no"), result.stderr
     return answer == "yes"

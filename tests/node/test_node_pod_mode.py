@@ -311,6 +311,14 @@ def test_a_conversation_continues_across_pods(pod_mode: PodMode, operator: proce
     assert pod_mode.pods_of("turn-1")[0]["metadata"]["name"] != pod_mode.pods_of("turn-2")[0]["metadata"]["name"]
 
 
+def test_the_pod_mode_example_succeeds(pod_mode: PodMode, operator: processes.OperatorProcess) -> None:
+    pod_mode.cluster.kubectl("apply", "-n", pod_mode.runs, "-f", str(harness.EXAMPLES / "pod-mode.yaml"))
+    status = pod_mode.cluster.wait_phase("pod-mode", pod_mode.runs, timeout=90)["status"]
+    assert (status["phase"], status["output"]) == ("Succeeded", "echo: Say hello from a Pod of your own.")
+    [pod] = pod_mode.pods_of("pod-mode")
+    assert pod["spec"]["containers"][0]["resources"]["limits"] == {"memory": "512Mi"}
+
+
 def test_structured_output_from_a_pod(pod_mode: PodMode, operator: processes.OperatorProcess) -> None:
     manifest = harness.example("structured-output.yaml")
     manifest["spec"]["runner"] = POD
