@@ -374,3 +374,39 @@ async def test_an_unpullable_image_fails_within_the_bound_naming_the_image(
     assert "'nowhere/none:1'" in (status.message or "")
     assert "ImagePullBackOff" in (status.message or "")
     assert pod_api.deleted == [(pod_api.created[0], 0)]
+
+
+async def test_a_pod_never_scheduled_ends_at_the_deadline_with_the_schedulers_message(
+    make_pod_reconciler: Any, run_store: fakes.FakeRunStore, pod_api: FakePodApi
+) -> None:
+    pod_api.initial_state = ports.PodState(
+        phase="Pending", unschedulable="0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+    )
+    sched = make_pod_reconciler()
+    await sched.recover()
+    run_store.add(
+        "nowhere", fakes.echo_spec("hi", runner={"mode": "pod", "nodeSelector": {"pool": "gpu"}}, timeoutSeconds=1)
+    )
+    status = await finished(run_store, "nowhere")
+
+    assert (status.phase, status.reason) == (models.Phase.FAILED, "DeadlineExceeded")
+    assert status.message == (
+        "run exceeded its deadline of 1 seconds; the runner Pod was never scheduled: "
+        "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+    )
+    assert pod_api.deleted == [(pod_api.created[0], 0)]
+
+
+async def test_a_new_namespaces_missing_service_account_is_waited_for(
+    make_pod_reconciler: Any, run_store: fakes.FakeRunStore, pod_api: FakePodApi
+) -> None:
+    pod_api.create_error = ports.Forbidden('pods "x" is forbidden: error looking up service account ns/default')
+    sched = make_pod_reconciler()
+    await sched.recover()
+    run_store.add("early", pod_spec())
+    await fakes.eventually(lambda: run_store.object("early").status.phase is models.Phase.RUNNING, what="admission")
+    pod_api.create_error = None  # the ServiceAccount appeared
+    pod = await pod_created(pod_api)
+    pod.write(success_line())
+    pod.end()
+    assert (await finished(run_store, "early")).phase is models.Phase.SUCCEEDED

@@ -38,13 +38,13 @@ for pod mode's runner Pods. See README.md, "RBAC".
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "patch"]
-# Pod mode: create each attempt's runner Pod, read it (get; list and watch for kopf-free
-# follow-ups and kubectl-like tools), delete it when the run is cancelled or deleted, and
-# follow its log (pods/log get) for progress events and the result. The runner's input is a
-# Secret owned by the run (secrets create/patch above).
+# Pod mode: create each attempt's runner Pod, read its state (get; list and watch to follow
+# runner Pods without polling), and delete it when its run is cancelled, deleted or past its
+# deadline. The runner's input is a Secret owned by the run (secrets create/patch above).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]
+# Pod mode: follow a runner Pod's log for its progress events and its result.
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -38,6 +39,7 @@ IMAGE_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName"
 CONFIG_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
 POLL_SECONDS = (0.2, 1.0)
 """First and longest wait between two reads of a Pod that is not running yet."""
+SERVICE_ACCOUNT = re.compile(r"(?i)service ?account")
 DEADLINE_MARGIN_SECONDS = 0.5
 """A Pod never scheduled fails this long before the run's deadline, so the message can say why."""
 
@@ -88,6 +90,9 @@ class PodRunner:
         except errors.RunFailure:
             if sink.stop_requested.is_set():
                 raise asyncio.CancelledError from None  # stopped: the driver records why
+            if followed.unfinished:  # never scheduled, or its image never pulled: nothing will end it
+                with contextlib.suppress(ports.ApiError, TimeoutError):
+                    await asyncio.wait_for(followed.delete(grace=0), 10)
             raise
         except asyncio.CancelledError:
             if sink.stop_requested.is_set() and not followed.stopped:  # a deadline, or a stop past its grace
@@ -119,6 +124,8 @@ class _PodAttempt:
         self.redactor = redaction.Redactor()
         self.image = ""
         self.stopped = False
+        self.unfinished = False
+        """The Pod exists and has not started its container: it would wait there for ever."""
         settings = owner._settings
         budget = attempts.remaining_seconds(run, settings.default_timeout_seconds, owner._clock())
         self.deadline = time.monotonic() + budget
@@ -174,7 +181,11 @@ class _PodAttempt:
         while True:
             try:
                 return await call()
-            except ports.Unavailable as error:
+            except (ports.Unavailable, ports.Forbidden) as error:
+                # A new namespace's default ServiceAccount appears seconds after the namespace; until
+                # then admission refuses the Pod. Other refusals are final.
+                if isinstance(error, ports.Forbidden) and not SERVICE_ACCOUNT.search(str(error)):
+                    raise
                 logger.warning("AgentRun %s: could not %s, will retry: %s", self.run.ref, what, error)
                 if not await backoff.sleep(self.deadline):
                     raise outcomes.PodFailed(f"could not {what} before the run's deadline: {error}") from None
@@ -201,6 +212,7 @@ class _PodAttempt:
                 await asyncio.sleep(POLL_SECONDS[1])
                 continue
             if state.container.running or state.ended:
+                self.unfinished = False
                 result = await self._read_log()
                 if result is not None:
                     return await self._finish(result)
@@ -214,11 +226,11 @@ class _PodAttempt:
                 continue
             if state.phase == "Failed":
                 raise self._failure(state)
+            self.unfinished = True
             waiting = state.container.waiting_reason
             if waiting in IMAGE_ERRORS or waiting in CONFIG_ERRORS:
                 image_failing_since = image_failing_since or time.monotonic()
                 if time.monotonic() - image_failing_since >= self.owner._settings.start_timeout_seconds:
-                    await self.delete(grace=0)
                     detail = outcomes.describe([waiting, state.container.waiting_message])
                     if waiting in IMAGE_ERRORS:
                         raise outcomes.ImageUnavailable(
