@@ -38,9 +38,9 @@ for pod mode's runner Pods. See README.md, "RBAC".
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "patch"]
-# Pod mode: create each attempt's runner Pod, read its state (get; list and watch to follow
-# runner Pods without polling), and delete it when its run is cancelled, deleted or past its
-# deadline. The runner's input is a Secret owned by the run (secrets create/patch above).
+# Pod mode: create each attempt's runner Pod, read its state by name (get), and delete it
+# when its run is cancelled, deleted or past its deadline. list and watch are the verbs a
+# Pod watch needs; today the operator reads its Pods by name only. The runner's input is a Secret owned by the run (secrets create/patch above).
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]
