@@ -72,10 +72,11 @@ class PodRunner:
     def __init__(
         self, tasks: runner.TaskRunner, pods: ports.PodApi, settings: PodSettings, clock: progress.Clock
     ) -> None:
-        self._tasks = tasks
-        self._pods = pods
-        self._settings = settings
-        self._clock = clock
+        self.tasks = tasks
+        """Resolves what the agent runs, as task mode does, and reads the Secrets it references."""
+        self.pods = pods
+        self.settings = settings
+        self.clock = clock
 
     async def execute(self, run: ports.RunObject, sink: progress.ProgressSink) -> compositor.CompositionResult:
         last = run.status.last_attempt
@@ -84,7 +85,7 @@ class PodRunner:
         followed = _PodAttempt(self, run, last, sink)
         stopper = asyncio.create_task(followed.stop_when_asked(), name=f"stop pod {last.pod_name}")
         try:
-            if last.instance == self._settings.instance:
+            if last.instance == self.settings.instance:
                 await followed.create()
             result = await followed.follow()
         except errors.RunFailure:
@@ -126,8 +127,8 @@ class _PodAttempt:
         self.stopped = False
         self.unfinished = False
         """The Pod exists and has not started its container: it would wait there for ever."""
-        settings = owner._settings
-        budget = attempts.remaining_seconds(run, settings.default_timeout_seconds, owner._clock())
+        settings = owner.settings
+        budget = attempts.remaining_seconds(run, settings.default_timeout_seconds, owner.clock())
         self.deadline = time.monotonic() + budget
 
     # --- creating -------------------------------------------------------------------------
@@ -135,15 +136,15 @@ class _PodAttempt:
     async def create(self) -> None:
         """Write the input Secret and create the Pod; an existing Pod of this run is the same Pod."""
         owner, run = self.owner, self.run
-        resolved = await owner._tasks.resolved_spec(run)
-        read = owner._tasks.secret_reader(self.namespace)
+        resolved = await owner.tasks.resolved_spec(run)
+        read = owner.tasks.secret_reader(self.namespace)
         for ref in spec.secret_refs(resolved):
             # Fails like task mode when a key is missing; the value masks the Pod's log in messages.
             self.redactor.add(await read(ref.name, ref.key))
         document = entry.input_document(self.namespace, spec.runner_input(resolved))
         secret = spec.input_secret_name(run.ref.name, run.ref.uid)
         await self._retried(
-            lambda: owner._pods.put_run_secret(run, secret, entry.INPUT_KEY, document), what="store the runner input"
+            lambda: owner.pods.put_run_secret(run, secret, entry.INPUT_KEY, document), what="store the runner input"
         )
         manifest = spec.build_pod(
             namespace=self.namespace,
@@ -152,15 +153,15 @@ class _PodAttempt:
             attempt=self.attempt.number,
             pod_name=self.name,
             spec=resolved,
-            defaults=owner._settings.defaults,
+            defaults=owner.settings.defaults,
             deadline_seconds=self.deadline - time.monotonic(),
         )
         self.image = manifest["spec"]["containers"][0]["image"]
         try:
-            await self._retried(lambda: owner._pods.create_pod(manifest), what="create the runner Pod")
+            await self._retried(lambda: owner.pods.create_pod(manifest), what="create the runner Pod")
         except ports.Conflict:
             found = await self._retried(
-                lambda: owner._pods.pod_owner_uid(self.namespace, self.name), what="read the runner Pod"
+                lambda: owner.pods.pod_owner_uid(self.namespace, self.name), what="read the runner Pod"
             )
             if found != run.ref.uid:
                 raise outcomes.PodFailed(
@@ -199,7 +200,7 @@ class _PodAttempt:
         unschedulable: str | None = None
         while True:
             try:
-                state = await self.owner._pods.read_pod(self.namespace, self.name)
+                state = await self.owner.pods.read_pod(self.namespace, self.name)
             except ports.NotFound:
                 raise outcomes.PodFailed(
                     outcomes.with_tail(
@@ -230,7 +231,7 @@ class _PodAttempt:
             waiting = state.container.waiting_reason
             if waiting in IMAGE_ERRORS or waiting in CONFIG_ERRORS:
                 image_failing_since = image_failing_since or time.monotonic()
-                if time.monotonic() - image_failing_since >= self.owner._settings.start_timeout_seconds:
+                if time.monotonic() - image_failing_since >= self.owner.settings.start_timeout_seconds:
                     detail = outcomes.describe([waiting, state.container.waiting_message])
                     if waiting in IMAGE_ERRORS:
                         raise outcomes.ImageUnavailable(
@@ -241,7 +242,7 @@ class _PodAttempt:
                 image_failing_since = None
             unschedulable = state.unschedulable or unschedulable
             if time.monotonic() >= self.deadline - DEADLINE_MARGIN_SECONDS:
-                limit = decisions.deadline_seconds(self.run, self.owner._settings.default_timeout_seconds)
+                limit = decisions.deadline_seconds(self.run, self.owner.settings.default_timeout_seconds)
                 why = f"; the runner Pod was never scheduled: {unschedulable}" if unschedulable else ""
                 raise outcomes.DeadlineExceeded(f"run exceeded its deadline of {limit:g} seconds{why}")
             await asyncio.sleep(pause)
@@ -251,7 +252,7 @@ class _PodAttempt:
         """Read the container's log from its start, passing on the events not yet recorded; the result, if any."""
         self.tail.clear()
         try:
-            async for line in self.owner._pods.pod_log(self.namespace, self.name):
+            async for line in self.owner.pods.pod_log(self.namespace, self.name):
                 record = protocol.parse(line)
                 if record is None:
                     self.tail.add(line)
@@ -286,7 +287,7 @@ class _PodAttempt:
             raise asyncio.CancelledError
         # Stopped by someone else: an eviction, a preemption, a deletion of the Pod.
         try:
-            state = await self.owner._pods.read_pod(self.namespace, self.name)
+            state = await self.owner.pods.read_pod(self.namespace, self.name)
         except ports.ApiError:
             state = ports.PodState(phase="Unknown", reason="Deleted")
         raise outcomes.PodFailed(
@@ -297,7 +298,7 @@ class _PodAttempt:
     def _failure(self, state: ports.PodState) -> errors.RunFailure:
         container = state.container
         if state.reason == "DeadlineExceeded":
-            limit = decisions.deadline_seconds(self.run, self.owner._settings.default_timeout_seconds)
+            limit = decisions.deadline_seconds(self.run, self.owner.settings.default_timeout_seconds)
             return outcomes.DeadlineExceeded(f"run exceeded its deadline of {limit:g} seconds (the runner Pod's own)")
         words = outcomes.cause(state.reason, state.disruption, container.terminated_reason, container.exit_code)
         detail = f" ({state.message})" if state.message else ""
@@ -313,4 +314,4 @@ class _PodAttempt:
             await self.delete(grace=spec.TERMINATION_GRACE_SECONDS)
 
     async def delete(self, *, grace: int) -> None:
-        await self.owner._pods.delete_pod(self.namespace, self.name, grace_seconds=grace)
+        await self.owner.pods.delete_pod(self.namespace, self.name, grace_seconds=grace)
