@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import subprocess
 import sys
 import tempfile
 import time
@@ -169,16 +170,14 @@ def measure(workdir: pathlib.Path, runs: int = 20) -> dict[str, Any]:
     operator_process: processes.OperatorProcess | None = None
     try:
 
-        def kubectl(*args: str, stdin: str | None = None) -> Any:
-            import subprocess
-
+        def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> Any:
             return subprocess.run(
                 [str(binaries.kubectl), "--kubeconfig", str(node.kubeconfig), *args],
-                input=stdin, capture_output=True, text=True, check=True,
+                input=stdin, capture_output=True, text=True, check=check,
             )  # fmt: skip
 
         kubectl("create", "namespace", NAMESPACE)
-        kubectl("create", "serviceaccount", "default", "-n", NAMESPACE)
+        kubectl("create", "serviceaccount", "default", "-n", NAMESPACE, check=False)  # the controller may be first
         kubectl("create", "serviceaccount", IDENTITY, "-n", NAMESPACE)
         role = {
             "apiVersion": "rbac.authorization.k8s.io/v1",
