@@ -10,8 +10,10 @@ the other, so their ratio compares like with like:
   under a ServiceAccount with the chart's pod-mode rules.
 
 Reported per scenario: runs/s, create→Running and create→Succeeded p50/p95 (observed by
-polling the API every 100 ms), and, for the operator, writes per run to AgentRuns from the
-API server's audit log.
+polling the API every 100 ms: the Pod's phase for the floor, the AgentRun's for the
+operator, whose Running means admitted), and, for the operator, writes per run to
+AgentRuns from the API server's audit log (per-run heartbeats included until leader
+election replaces them).
 
 Wiring into ``bench/run.py`` (owned elsewhere): call :func:`measure` with a work directory
 and a run count, and store the returned mapping under ``"pod_mode"`` in the results; it
