@@ -18,7 +18,7 @@ from agentrun.layers import errors
 from agentrun.runtime import decisions, ending, ports, reconciler, runner, transitions
 
 HAPPY_WRITES = [("finalizer", "add"), ("status", "Running"), ("status", "Succeeded"), ("finalizer", "remove")]
-# Heartbeats long enough that none falls inside a test which counts writes.
+# A resync slow enough that none falls inside a test which counts writes.
 QUIET = {"resync_interval_seconds": 5}
 
 
@@ -201,15 +201,26 @@ FAILURES = [
         id="missing-secret",
     ),
     pytest.param(
-        fakes.echo_spec("x", runner={"mode": "pod"}),
-        "InvalidRequest",
-        "runner mode 'pod' is not available in this operator; use mode 'task'",
-        id="pod-mode",
-    ),
-    pytest.param(
         {"composition": {}}, "InvalidRequest", "spec is invalid: composition.layers: Field required", id="bad-spec"
     ),
 ]
+
+
+async def test_a_mode_without_a_runner_fails_after_admission(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, task_runner: runner.TaskRunner
+) -> None:
+    sched = make_reconciler(runner.ModeRunner({models.RunnerMode.TASK: task_runner}))
+    await sched.recover()
+    run_store.add("pod", fakes.echo_spec("x", runner={"mode": "pod"}))
+
+    status = await finished(run_store, "pod")
+
+    message = "runner mode 'pod' is not available in this operator"
+    assert (status.phase, status.reason, status.message) == (models.Phase.FAILED, "InvalidRequest", message)
+    # The attempt named its Pod when it was recorded, before anything executed.
+    uid = run_store.object("pod").ref.uid
+    assert status.attempts[0].pod_name == models.runner_pod_name("pod", uid, 1)
+    assert status.attempts[0].mode is models.RunnerMode.POD
 
 
 @pytest.mark.parametrize(("spec", "reason", "message"), FAILURES)

@@ -224,6 +224,19 @@ class KubeRunStore:
             what=f"store {purpose} of AgentRun {run.ref}",
         )  # fmt: skip
 
+    async def put_run_secret(self, run: ports.RunObject, name: str, key: str, payload: str) -> None:
+        """A Secret owned by the run (a runner Pod's input); someone else's Secret of that name is left alone."""
+        owner = Owner(models.KIND, run.ref.name, run.ref.uid)
+        await self._put_owned_secret(
+            run.ref.namespace,
+            name,
+            key,
+            payload,
+            owner,
+            child_labels(run),
+            what=f"store the input of AgentRun {run.ref}",
+        )
+
     async def store_thread_history(self, thread: ports.ThreadObject, payload: str) -> models.ContentRef:
         suffix = f"-history-{thread.uid[:8]}"
         name = thread.name[: 253 - len(suffix)] + suffix
