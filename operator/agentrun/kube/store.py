@@ -352,7 +352,12 @@ class KubeRunStore:
         }
         try:
             with errors.translated(f"post Event {reason} for AgentRun {run.ref}"):
-                await self._core.create_namespaced_event(run.ref.namespace, event, _request_timeout=self._timeout)
+                # The stored Event is not needed: building client models from the reply (every
+                # timestamp parsed with dateutil) costs a burst a few percent of its CPU.
+                response = await self._core.create_namespaced_event(
+                    run.ref.namespace, event, _request_timeout=self._timeout, _preload_content=False
+                )
+                (await errors.checked(response)).release()
         except ports.ApiError as error:
             # Events are a courtesy to people running `kubectl describe`; the status is the record.
             logger.warning("%s", error)
