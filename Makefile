@@ -11,7 +11,7 @@ help:
 	@echo "make test    lint + unit + integration + chart + node tiers (what CI runs)"
 	@echo "make node    the node tier: a real node runs the chart's Deployment (root; one node per machine)"
 	@echo "make cluster keep a cluster with a real node up, for trying the chart by hand"
-	@echo "make demo    throwaway control plane + operator + examples/ (DEMO_ARGS=--keep to keep it up)"
+	@echo "make demo    throwaway control plane + operator + examples/; as root, a node and a pod-mode run (DEMO_ARGS=--keep)"
 	@echo "make crds    regenerate crds/ from the API models"
 	@echo "make lint    ruff, mypy --strict, import-linter, CRD drift"
 	@echo "make bench   benchmarks against the local control plane, JSON under bench/results/"

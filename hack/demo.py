@@ -4,7 +4,9 @@ Starts etcd + kube-apiserver on loopback, runs ``agentrun operator`` exactly as 
 container does, applies ``examples/`` (the echo model: no key, no network), continues
 the two-turn conversation from the first turn's session snapshot, runs an Agent, holds a
 three-turn conversation in an AgentThread with ``kubectl agentrun chat``, and prints what
-``kubectl get`` and ``agentrun events`` show. ``--keep`` leaves it all running.
+``kubectl get`` and ``agentrun events`` show. Run as root, it also starts a real node
+(kubelet + containerd, as ``make cluster`` does) and shows a pod-mode run beside the
+task-mode ones; ``--no-node`` leaves it out. ``--keep`` leaves it all running.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -95,12 +98,32 @@ class Demo:
         print(result.stdout.rstrip())
 
 
-def run(keep: bool) -> int:
+@contextlib.contextmanager
+def demo_cluster(node: bool) -> Iterator[tuple[localcluster.LocalCluster, str | None]]:
+    """The control plane, and the runner image when a real node runs pods (``None`` without one)."""
+    if not node:
+        banner("Starting a throwaway control plane (etcd + kube-apiserver on 127.0.0.1)")
+        with localcluster.running(WORKDIR / "cluster") as cluster:
+            yield cluster, None
+        return
+    from localnode import cluster as nodecluster  # localnode builds on localcluster
+    from localnode import host, images
+
+    banner("Starting a throwaway control plane with a real node (kubelet + containerd on a private bridge)")
+    host.install_packages()
+    operator_image = images.operator_image(images.python_base())
+    with nodecluster.running(WORKDIR / "node", [operator_image]) as with_node:
+        # A node cluster leaves the CRDs to the chart; the demo runs the operator as a process instead.
+        localcluster.LocalCluster.apply_crds(with_node.control_plane)
+        print(f"node {with_node.node_name} Ready; runner image {operator_image.name} loaded")
+        yield with_node.control_plane, operator_image.name
+
+
+def run(keep: bool, node: bool) -> int:
     shutil.rmtree(WORKDIR, ignore_errors=True)
     WORKDIR.mkdir(parents=True)
-    banner("Starting a throwaway control plane (etcd + kube-apiserver on 127.0.0.1)")
     with (
-        localcluster.running(WORKDIR / "cluster") as cluster,
+        demo_cluster(node) as (cluster, runner_image),
         demo_mcp_server.ThreadedServer(port=MCP_PORT) as tools,
     ):
         print(f"kube-apiserver {cluster.version()} at {cluster.server}; CRDs from crds/ applied")
@@ -111,13 +134,19 @@ def run(keep: bool) -> int:
         print(f"tools at {tools.url}")
 
         banner("Starting the operator: agentrun operator (the container's entry point)")
+        pod_settings = {} if runner_image is None else {"runner_image": runner_image}
         operator = processes.OperatorProcess(
-            kubeconfig=cluster.kubeconfig, namespaces=[], log_dir=WORKDIR, base_env=demo.env, instance="demo-operator"
+            kubeconfig=cluster.kubeconfig,
+            namespaces=[],
+            log_dir=WORKDIR,
+            base_env=demo.env,
+            instance="demo-operator",
+            **pod_settings,
         ).start()
         print(f"operator {operator.instance} ready; log: {operator.log_path}")
         try:
             banner("Applying examples/")
-            for name in ORDER:
+            for name in [*ORDER, *(["pod-mode.yaml"] if runner_image else [])]:
                 demo.apply((ROOT / "examples" / name).read_text())
             finished = ("hello", "summarize-incident", "conversation-1", "blank-prompt", "summarize-incident-42")
             for name in (*finished, "incident-tools", "incident-triage-1", "within-budget", "over-budget"):
@@ -137,6 +166,13 @@ def run(keep: bool) -> int:
                 demo.chat("support-chat", message)
             print(demo.kubectl("get", "thread", "-n", NAMESPACE).rstrip())
 
+            if runner_image is not None:
+                banner("Pod mode: pod-mode ran in a runner Pod of its own, beside the task-mode runs")
+                demo.wait_terminal("pod-mode", timeout=180)
+                print(demo.kubectl("get", "pods", "-n", NAMESPACE, "-l", "agentrun.dev/run=pod-mode").rstrip())
+            else:
+                banner("Pod mode needs a node: run the demo as root (it starts one), or try `make cluster`")
+
             banner("kubectl get agents")
             print(demo.kubectl("get", "agents", "-n", NAMESPACE).rstrip())
             banner("kubectl get agentruns")
@@ -151,6 +187,7 @@ def run(keep: bool) -> int:
                 "incident-tools",
                 "incident-triage-1",
                 "over-budget",
+                *(["pod-mode"] if runner_image else []),
             ):
                 banner(name)
                 output = demo.kubectl("get", "ar", name, "-n", NAMESPACE, "-o", "jsonpath={.status.output}")
@@ -175,8 +212,14 @@ def run(keep: bool) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="keep the cluster and operator running until Ctrl-C")
+    parser.add_argument(
+        "--node",
+        action=argparse.BooleanOptionalAction,
+        default=os.geteuid() == 0,
+        help="start a real node too, and show a pod-mode run (default: when run as root, which a node needs)",
+    )
     args = parser.parse_args()
-    return run(args.keep)
+    return run(args.keep, args.node)
 
 
 if __name__ == "__main__":
