@@ -364,6 +364,9 @@ class Reconciler:
             entry.task = None
             if entry.driver is not None:
                 entry.driver = None
+                # Copies that arrived meanwhile were judged as executing (WAIT): judge the newest
+                # again now, or a retry's backoff would wait for the resync to be noticed.
+                entry.dirty = True
                 self._line.done(entry.run.ref)
                 self._pump()
             if not cancelled:
