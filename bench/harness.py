@@ -1,34 +1,30 @@
-"""`make bench`: the operator against a floor and a naive baseline, on a real API server.
+"""The benchmark's scenarios, each measured on the shared throwaway control plane.
 
-Every scenario runs on the same throwaway control plane (etcd + kube-apiserver on
-loopback) in one invocation, so the ratios compare like with like on a shared,
-noisy machine. Writes are counted by the API server (its audit log, filtered to
-the identity of the process under test), not by the operator's own word.
-
-Results go to ``bench/results/latest.json`` (and a timestamped copy); a table is
-printed at the end. ``--quick`` runs small sizes for a smoke check.
+A scenario creates its own namespace, starts the process under test on it, drives a
+workload and returns a plain dict of figures. Writes are counted by the API server
+(its audit log, filtered to the identity of the process under test), not by the
+operator's own word. ``run.py`` decides which scenarios run, how often, in what order.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import contextlib
 import dataclasses
 import datetime
-import json
+import itertools
 import os
 import pathlib
-import platform
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from kubernetes_asyncio import client, config, watch
+from kubernetes_asyncio import client, watch
+
+import observe
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "hack"))
@@ -37,9 +33,8 @@ import localcluster  # noqa: E402
 import manifests  # noqa: E402
 import processes  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
-GROUP, VERSION, PLURAL = "agentrun.dev", "v1alpha1", "agentruns"
-TERMINAL = ("Succeeded", "Failed", "Cancelled")
+GROUP, VERSION, PLURAL = observe.GROUP, observe.VERSION, observe.PLURAL
+TERMINAL = observe.TERMINAL
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CREATE_CONCURRENCY = 64
 
@@ -103,18 +98,44 @@ class ProcessSampler:
             self._task.cancel()
 
 
+class SourceOperatorProcess(processes.OperatorProcess):
+    """``agentrun operator`` run from another source tree (a baseline), on this venv's packages.
+
+    ``PYTHONPATH`` puts the tree's ``operator/`` ahead of the editable install, so the same
+    interpreter and dependencies run another commit's operator code.
+    """
+
+    def __init__(self, *, source: pathlib.Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.env["PYTHONPATH"] = str(source / "operator")
+
+    def start(self, *, wait_ready: bool = True) -> SourceOperatorProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agentrun", "operator"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+
 @dataclasses.dataclass
 class Bench:
     cluster: localcluster.LocalCluster
     workdir: pathlib.Path
     api: client.ApiClient
     custom: client.CustomObjectsApi
+    audit: observe.AuditLog
     _namespaces: int = 0
 
     # --- cluster helpers -------------------------------------------------------------
 
     async def namespace(self, stem: str) -> str:
-        """A fresh namespace (a scenario may run more than once, as the warm-up floor does)."""
+        """A fresh namespace (a scenario runs more than once: trials, the warm-up floor)."""
         self._namespaces += 1
         name = f"{stem}-{self._namespaces}"
         await client.CoreV1Api(self.api).create_namespace({"metadata": {"name": name}})
@@ -133,16 +154,19 @@ class Bench:
         await asyncio.gather(*(one(m) for m in manifests))
         return created
 
-    async def wait_all_terminal(self, namespace: str, count: int, limit: float) -> dict[str, dict[str, Any]]:
+    async def wait_all_terminal(
+        self, namespace: str, count: int, limit: float, label_selector: str | None = None
+    ) -> dict[str, dict[str, Any]]:
         """Watch the namespace until ``count`` runs are terminal; returns their final objects."""
         finished: dict[str, dict[str, Any]] = {}
         deadline = time.monotonic() + limit
         resource_version = None
+        selector = {"label_selector": label_selector} if label_selector else {}
         while len(finished) < count:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(finished)}/{count} runs terminal after {limit:.0f}s in {namespace}")
             if resource_version is None:
-                listing = await self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
+                listing = await self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **selector)
                 for item in listing["items"]:
                     if (item.get("status") or {}).get("phase") in TERMINAL:
                         finished[item["metadata"]["name"]] = item
@@ -158,6 +182,7 @@ class Bench:
                     PLURAL,
                     resource_version=resource_version,
                     timeout_seconds=30,
+                    **selector,
                 ) as events:
                     async for event in events:
                         item = event["object"]
@@ -172,29 +197,35 @@ class Bench:
                 resource_version = None  # expired: list again
         return finished
 
+    async def count_in_phase(self, namespace: str, label_selector: str, phase: str) -> int:
+        listing = await self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, label_selector=label_selector
+        )
+        return sum(1 for item in listing["items"] if (item.get("status") or {}).get("phase") == phase)
+
     def writes(self, namespace: str, username: str) -> collections.Counter[str]:
         """Writes by ``username`` in ``namespace``, keyed "verb resource[/subresource][ refused-code]"."""
-        counts: collections.Counter[str] = collections.Counter()
-        for entry in self.cluster.audit_events():
-            ref = entry.get("objectRef") or {}
-            if entry["user"]["username"] != username or ref.get("namespace") != namespace:
-                continue
-            if entry.get("stage") != "ResponseComplete":
-                continue
-            resource = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-            code = entry["responseStatus"]["code"]
-            counts[f"{entry['verb']} {resource}" + (f" {code}" if code >= 400 else "")] += 1
-        return counts
+        return self.audit.counts(namespace, username)
+
+    def operator_process(
+        self, namespace: str, *, source: pathlib.Path | None = None, **settings: Any
+    ) -> processes.OperatorProcess:
+        """An operator on ``namespace`` (not started): this tree's, or the one in ``source``."""
+        common: dict[str, Any] = {
+            "kubeconfig": self.cluster.operator_kubeconfig,
+            "namespaces": [namespace],
+            "log_dir": self.workdir,
+            "log_level": "WARNING",
+        }
+        if source is not None:
+            return SourceOperatorProcess(source=source, **common, **settings)
+        return processes.OperatorProcess(**common, **settings)
 
     @contextlib.contextmanager
-    def operator(self, namespace: str, **settings: Any) -> Iterator[processes.OperatorProcess]:
-        process = processes.OperatorProcess(
-            kubeconfig=self.cluster.operator_kubeconfig,
-            namespaces=[namespace],
-            log_dir=self.workdir,
-            log_level="WARNING",
-            **settings,
-        )
+    def operator(
+        self, namespace: str, *, source: pathlib.Path | None = None, **settings: Any
+    ) -> Iterator[processes.OperatorProcess]:
+        process = self.operator_process(namespace, source=source, **settings)
         process.start()
         try:
             yield process
@@ -222,9 +253,10 @@ class Bench:
         ]
         to_done = [parse_time(i["status"]["completionTime"]) - created[n] for n, i in items.items()]
         phases = collections.Counter(i["status"]["phase"] for i in items.values())
-        writes = self.writes(namespace, username)
-        run_writes = sum(v for k, v in writes.items() if k.split()[1].startswith("agentruns") and len(k.split()) == 2)
-        refused = sum(v for k, v in writes.items() if len(k.split()) == 3)
+        writes = self.audit.writes(namespace, username)
+        run_writes = sum(1 for write in writes if write.counts_as_run_write)
+        refused = sum(1 for write in writes if write.code >= 400)
+        by_request = collections.Counter(write.key for write in writes)
         return {
             "runs": count,
             "phases": dict(phases),
@@ -234,18 +266,18 @@ class Bench:
             "create_to_succeeded": latency_summary(to_done),
             "writes_per_run": round(run_writes / count, 2),
             "refused_writes_per_run": round(refused / count, 2),
-            "writes_by_request": {k: round(v / count, 2) for k, v in sorted(writes.items())},
+            "writes_by_request": {k: round(v / count, 2) for k, v in sorted(by_request.items())},
             "operator_rss_peak_mb": round(sampler.peak_rss / 2**20, 1) if sampler else None,
             "operator_rss_end_mb": round(rss_end / 2**20, 1) if rss_end else None,
             "cpu_ms_per_run": round(cpu / count * 1000, 2) if cpu is not None else None,
         }
 
-    async def low_load(self, count: int) -> dict[str, Any]:
+    async def low_load(self, count: int, source: pathlib.Path | None = None) -> dict[str, Any]:
         """One run at a time: the latency a single request sees on an idle operator."""
         namespace = await self.namespace(f"low-load-{count}")
         to_running: list[float] = []
         to_done: list[float] = []
-        with self.operator(namespace):
+        with self.operator(namespace, source=source):
             for i in range(count):
                 created = await self.create_runs(namespace, [echo_run(f"r{i}")])
                 items = await self.wait_all_terminal(namespace, i + 1, limit=60)
@@ -272,12 +304,13 @@ class Bench:
                     GROUP, VERSION, namespace, PLURAL, echo_run(name)
                 )
                 rv = body["metadata"]["resourceVersion"]
-                for patch, status in (
+                steps: tuple[tuple[dict[str, Any], bool], ...] = (  # (merge patch, to the status subresource)
                     ({"metadata": {"finalizers": ["agentrun.dev/finalizer"], "resourceVersion": rv}}, False),
                     ({"metadata": {"resourceVersion": None}, "status": {"phase": "Running"}}, True),
                     ({"metadata": {"resourceVersion": None}, "status": {"phase": "Succeeded"}}, True),
                     ({"metadata": {"finalizers": None, "resourceVersion": None}}, False),
-                ):
+                )
+                for patch, status in steps:
                     patch["metadata"]["resourceVersion"] = rv
                     call = (
                         self.custom.patch_namespaced_custom_object_status
@@ -320,8 +353,11 @@ class Bench:
             "phases": dict(collections.Counter(i["status"]["phase"] for i in items.values())),
         }
 
-    async def seed_finished(self, namespace: str, count: int, **spec: Any) -> None:
-        """``count`` runs that finished long ago, written straight to the API server."""
+    async def seed_finished(self, namespace: str, count: int, **spec: Any) -> float:
+        """``count`` runs that finished long ago, written straight to the API server; returns seconds taken.
+
+        They are written as the admin, so the audit log does not count them as operator writes.
+        """
         status = manifests.finished_status()
         semaphore = asyncio.Semaphore(CREATE_CONCURRENCY)
 
@@ -335,44 +371,113 @@ class Bench:
                     _content_type="application/merge-patch+json",
                 )  # fmt: skip
 
-        await asyncio.gather(*(seed(i) for i in range(count)))
-
-    async def restart(self, finished: int) -> dict[str, Any]:
-        """Start over ``finished`` finished runs: time to ready, and writes made to them."""
-        namespace = await self.namespace(f"restart-{finished}")
-        await self.seed_finished(namespace, finished)
         began = time.monotonic()
-        process = processes.OperatorProcess(
-            kubeconfig=self.cluster.operator_kubeconfig,
-            namespaces=[namespace],
-            log_dir=self.workdir,
-            log_level="WARNING",
-        )
+        await asyncio.gather(*(seed(i) for i in range(count)))
+        return round(time.monotonic() - began, 1)
+
+    async def restart(self, namespace: str, finished: int) -> dict[str, Any]:
+        """Start over ``finished`` finished runs (already seeded): time to ready, and writes made to them."""
+        began = time.monotonic()
+        process = self.operator_process(namespace)
         process.start(wait_ready=False)
         try:
             await asyncio.to_thread(process.wait_ready, 120)
             ready = time.monotonic() - began
             # A run created now is seen after the initial listing: once it is done, so is the start-up.
             await self.create_runs(namespace, [echo_run("sentinel")])
-            await self.wait_all_terminal(namespace, finished + 1, limit=120)
+            await self._wait_done(namespace, "sentinel", limit=120, interval=0.05)
             settled = time.monotonic() - began
             rss = ProcessSampler(process.process.pid).rss() if process.process else 0
         finally:
             process.stop()
-        writes = [
-            entry
-            for entry in self.cluster.audit_events()
-            if entry["user"]["username"] == localcluster.OPERATOR_USER
-            and (entry.get("objectRef") or {}).get("namespace") == namespace
-            and entry.get("stage") == "ResponseComplete"
-            and (entry.get("objectRef") or {}).get("name", "").startswith("done-")
-        ]
+        writes = [w for w in self.audit.writes(namespace, localcluster.OPERATOR_USER) if w.name.startswith("done-")]
         return {
             "finished_runs": finished,
             "seconds_to_ready": round(ready, 2),
             "seconds_to_first_new_run_done": round(settled, 2),
             "writes_to_finished_runs": len(writes),
             "operator_rss_mb": round(rss / 2**20, 1),
+        }
+
+    async def _wait_done(self, namespace: str, name: str, limit: float, interval: float = 0.005) -> dict[str, Any]:
+        """Poll one run until it is terminal (cheaper than watching a namespace of 10,000 runs)."""
+        deadline = time.monotonic() + limit
+        while True:
+            body: dict[str, Any] = await self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name
+            )
+            if (body.get("status") or {}).get("phase") in TERMINAL:
+                return body
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{namespace}/{name} not terminal after {limit:.0f}s")
+            await asyncio.sleep(interval)
+
+    async def memory(self, namespace: str, finished: int, active: int, delay: float) -> dict[str, Any]:
+        """RSS of an operator over ``finished`` finished runs while ``active`` runs execute.
+
+        The active runs are created once the operator is ready and carry a label, so the
+        harness can count them without listing the finished ones. RSS is sampled while
+        every one of them is Running; the peak of that window is the figure.
+        """
+        label = f"bench-memory-{self._namespaces}"
+        runs = [echo_run(f"active-{i}", delay) for i in range(active)]
+        for run in runs:
+            run["metadata"]["labels"] = {"bench": label}
+        selector = f"bench={label}"
+        with self.operator(namespace, max_concurrent_runs=active) as process:
+            assert process.process is not None
+            sampler = ProcessSampler(process.process.pid)
+            rss_ready = sampler.rss()
+            await self.create_runs(namespace, runs)
+            deadline = time.monotonic() + delay
+            while await self.count_in_phase(namespace, selector, "Running") < active:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"not all {active} runs Running within {delay:.0f}s in {namespace}")
+                await asyncio.sleep(0.1)
+            with sampler:
+                await asyncio.sleep(min(3.0, delay / 3))  # the window in which all are active
+                still_running = await self.count_in_phase(namespace, selector, "Running")
+            await self.wait_all_terminal(namespace, active, limit=delay + 60, label_selector=selector)
+        return {
+            "finished_runs": finished,
+            "active_runs": active,
+            "active_during_sample": still_running,
+            "rss_at_ready_mb": round(rss_ready / 2**20, 1),
+            "rss_with_active_mb": round(sampler.peak_rss / 2**20, 1),
+        }
+
+    async def heartbeat(self, seconds: float) -> dict[str, Any]:
+        """The writes one ``seconds``-long run receives between Running and terminal.
+
+        A zero-delay run in the same namespace first gives the writes every run gets
+        (admission, Running, terminal, release); what the long run gets beyond that is
+        made while it runs. A watch shows each of those changes: one that adds entries to
+        ``status.events`` is progress (the echo model records its model request); one that
+        only renews ``status.runner.heartbeatTime`` is a heartbeat.
+        """
+        namespace = await self.namespace("heartbeat")
+        async with observe.RunObserver(self.custom, namespace) as observer:
+            with self.operator(namespace):
+                await self.create_runs(namespace, [echo_run("short")])
+                await self.wait_all_terminal(namespace, 1, limit=60)
+                await self.create_runs(namespace, [echo_run("long", seconds)])
+                await self.wait_all_terminal(namespace, 2, limit=seconds + 60)
+            history = observer.sightings["long"]
+        writes = collections.Counter(
+            w.name for w in self.audit.writes(namespace, localcluster.OPERATOR_USER) if w.counts_as_run_write
+        )
+        running = [s for s in history if s.phase == "Running"]
+        changes = list(itertools.pairwise(running))
+        progress = sum(1 for before, after in changes if after.event_count > before.event_count)
+        renewals = sum(1 for before, after in changes if after.heartbeat_time != before.heartbeat_time)
+        return {
+            "run_seconds": seconds,
+            "writes_to_zero_delay_run": writes["short"],
+            "writes_to_long_run": writes["long"],
+            "writes_beyond_zero_delay_run": writes["long"] - writes["short"],
+            "changes_seen_while_running": len(changes),
+            "of_which_progress": progress,
+            "of_which_renewed_heartbeat_time": renewals,
         }
 
     async def expiry(self, expired: int, probes: int) -> dict[str, Any]:
@@ -384,15 +489,8 @@ class Bench:
         with self.operator(namespace):
             for i in range(probes):
                 created = await self.create_runs(namespace, [echo_run(f"probe-{i}")])
-                while True:
-                    body = await self.custom.get_namespaced_custom_object(
-                        GROUP, VERSION, namespace, PLURAL, f"probe-{i}"
-                    )
-                    status = body.get("status") or {}
-                    if status.get("phase") in TERMINAL:
-                        to_done.append(parse_time(status["completionTime"]) - created[f"probe-{i}"])
-                        break
-                    await asyncio.sleep(0.005)
+                status = (await self._wait_done(namespace, f"probe-{i}", limit=60))["status"]
+                to_done.append(parse_time(status["completionTime"]) - created[f"probe-{i}"])
             while True:
                 listed = await self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, limit=1)
                 left = (listed.get("metadata") or {}).get("remainingItemCount", 0) + len(listed["items"]) - probes
@@ -469,122 +567,3 @@ def naive_operator(bench: Bench, namespace: str) -> Iterator[processes.OperatorP
         yield process
     finally:
         process.stop()
-
-
-async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    sizes = [20, 100] if args.quick else [100, 1000, 5000]
-    workdir = pathlib.Path(tempfile.mkdtemp(prefix="agentrun-bench-"))
-    with localcluster.running(workdir / "cluster", audit=True) as cluster:
-        configuration = client.Configuration()
-        await config.load_kube_config(config_file=str(cluster.kubeconfig), client_configuration=configuration)
-        configuration.connection_pool_maxsize = CREATE_CONCURRENCY
-        async with client.ApiClient(configuration) as api:
-            bench = Bench(cluster, workdir, api, client.CustomObjectsApi(api))
-            results: dict[str, Any] = {
-                "machine": {
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "kernel": platform.release(),
-                    "kube_apiserver": cluster.version(),
-                },
-                "operator": {},
-                "floor": {},
-                "naive": {},
-            }
-
-            async def step(name: str, coroutine: Awaitable[dict[str, Any]]) -> dict[str, Any]:
-                print(f"bench: {name} ...", flush=True)
-                result = await coroutine
-                print(f"bench: {name}: {json.dumps(result)}", flush=True)
-                return result
-
-            await bench.floor(20)  # warm up the API server and the connection pool
-            results["low_load"] = await step("low load", bench.low_load(20 if args.quick else 50))
-            for size in sizes:
-                results["floor"][str(size)] = await step(f"floor {size}", bench.floor(size))
-                results["operator"][str(size)] = await step(
-                    f"operator {size}",
-                    bench.burst(
-                        "operator",
-                        size,
-                        lambda ns: bench.operator(ns, max_concurrent_runs=100),
-                        localcluster.OPERATOR_USER,
-                    ),
-                )
-            naive_size = sizes[1]
-            results["naive"][str(naive_size)] = await step(
-                f"naive kopf operator {naive_size}",
-                bench.burst("naive", naive_size, lambda ns: naive_operator(bench, ns), localcluster.OPERATOR_USER),
-            )
-            results["concurrency"] = await step(
-                "concurrency", bench.concurrency(200 if not args.quick else 40, 2.0, 100 if not args.quick else 20)
-            )
-            results["restart"] = await step("restart", bench.restart(10_000 if not args.quick else 500))
-            results["expiry"] = await step("expiry", bench.expiry(2000 if not args.quick else 200, 20))
-    return results
-
-
-def table(results: dict[str, Any]) -> str:
-    lines = [
-        "| scenario | runs | runs/s | vs floor | create→Running p50/p95/p99 ms "
-        "| create→Succeeded p50/p95/p99 ms | writes/run | RSS peak MB | CPU ms/run |",
-        "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |",
-    ]
-    for label in ("floor", "operator", "naive"):
-        for size, row in results[label].items():
-            floor = results["floor"].get(size) or next(iter(results["floor"].values()))
-            ratio = row["runs_per_second"] / floor["runs_per_second"]
-            running = row.get("create_to_running") or {}
-            done = row["create_to_succeeded"]
-            lines.append(
-                f"| {label} | {size} | {row['runs_per_second']} | {ratio:.0%} | "
-                f"{running.get('p50_ms', '-')}/{running.get('p95_ms', '-')}/{running.get('p99_ms', '-')} | "
-                f"{done['p50_ms']}/{done['p95_ms']}/{done['p99_ms']} | {row['writes_per_run']} | "
-                f"{row.get('operator_rss_peak_mb', '-')} | {row.get('cpu_ms_per_run', '-')} |"
-            )
-    c, r, low = results["concurrency"], results["restart"], results["low_load"]
-    lines.append("")
-    lines.append(
-        f"Low load ({low['runs']} runs one at a time): "
-        f"create→Running p50 {low['create_to_running']['p50_ms']} ms, "
-        f"create→Succeeded p50 {low['create_to_succeeded']['p50_ms']} ms, "
-        f"p95 {low['create_to_succeeded']['p95_ms']} ms."
-    )
-    lines.append(
-        f"Concurrency: {c['runs']} runs of {c['delay_seconds']} s at a cap of {c['cap']}: "
-        f"{c['wall_seconds']} s (ideal {c['ideal_seconds']} s)."
-    )
-    lines.append(
-        f"Restart over {r['finished_runs']} finished runs: ready in {r['seconds_to_ready']} s, "
-        f"first new run done at {r['seconds_to_first_new_run_done']} s, "
-        f"{r['writes_to_finished_runs']} writes to finished runs, RSS {r['operator_rss_mb']} MB."
-    )
-    e = results["expiry"]
-    lines.append(
-        f"Expiry: {e['expired_runs']} runs past their time to live deleted in {e['seconds_to_delete_all']} s "
-        f"({e['deletions_per_second']}/s) while {e['new_runs_meanwhile']} new runs, one at a time, took "
-        f"create→Succeeded p50 {e['create_to_succeeded']['p50_ms']} ms, p95 {e['create_to_succeeded']['p95_ms']} ms."
-    )
-    return "\n".join(lines)
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke check")
-    args = parser.parse_args()
-    began = time.monotonic()
-    results = asyncio.run(main_async(args))
-    results["seconds"] = round(time.monotonic() - began, 1)
-    results["quick"] = args.quick
-    results["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "quick.json" if args.quick else "latest.json"
-    (RESULTS / name).write_text(json.dumps(results, indent=2) + "\n")
-    print()
-    print(table(results))
-    print(f"\nresults: {RESULTS / name} ({results['seconds']} s)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
