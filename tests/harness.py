@@ -184,10 +184,15 @@ agent_run = manifests.agent_run
 echo_run = manifests.echo_run
 
 
+TEST_LEASE = {"lease_duration_seconds": 6, "lease_renew_deadline_seconds": 4, "lease_retry_period_seconds": 1}
+
+
 class OperatorProcess(processes.OperatorProcess):
     """The operator under test: this cluster's operator identity, our tools on PATH."""
 
     def __init__(self, cluster: Cluster, namespaces: list[str], log_dir: pathlib.Path, **settings: Any) -> None:
+        # A short Lease, so that a test that kills an operator sees the next one lead within seconds.
+        settings = {**TEST_LEASE, **settings}
         super().__init__(
             kubeconfig=cluster.operator_kubeconfig,
             namespaces=namespaces,

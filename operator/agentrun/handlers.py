@@ -1,8 +1,14 @@
-"""kopf wiring: thin, typed handlers that hand runs to the reconciler.
+"""kopf wiring: the operator's lifecycle, leader election, and the watches that feed the reconciler.
 
-Only ``on.event`` handlers watch AgentRuns: they keep no progress annotations and
-no last-handled configuration, so kopf itself makes no writes per run. The
-operator manages its own finalizer (see :mod:`agentrun.runtime.reconciler`).
+Replicas elect a leader on a Lease (:mod:`agentrun.kube.lease`); only the leader
+watches AgentRuns and drives them. Standbys answer their probes and wait. A leader
+that loses its Lease exits at once without another write: the new leader fails its
+in-process runs as orphans (retried where their policy allows).
+
+AgentRuns are watched by the operator itself (:mod:`agentrun.kube.watch`), with a
+server-side selector that leaves finished runs out, so memory follows active runs.
+kopf watches only AgentThreads and keeps no per-run state; it makes no writes.
+The operator manages its own finalizer (see :mod:`agentrun.runtime.reconciler`).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import kopf
 
 from agentrun import health, settings
 from agentrun.api import models
-from agentrun.kube import connection
+from agentrun.kube import connection, lease, watch
 from agentrun.kube import store as kube_store
 from agentrun.layers import registry
 from agentrun.runtime import metrics, ports, reconciler, runner, services, supervision, writer
@@ -31,21 +37,25 @@ class OperatorContext:
 
     settings: settings.Settings
     reconciler: reconciler.Reconciler | None = None
+    """Set once this instance leads: only the leader drives runs."""
+    elector: lease.LeaderElector | None = None
     connection: connection.Connection | None = None
     health: health.HealthServer | None = None
     supervisor: supervision.Supervisor = dataclasses.field(default_factory=supervision.Supervisor)
 
     def readiness(self) -> dict[str, Any]:
-        core = self.reconciler
+        """Ready: a leader once it has recovered, a standby once it knows who leads."""
+        elector, core = self.elector, self.reconciler
+        if elector is None or not elector.attempted.is_set():
+            return {"ready": False, "leading": False}
         if core is None:
-            return {"ready": False}
-        return {"ready": core.ready, "active": core.active_count, "queued": core.queued_count}
+            return {"ready": not elector.leading, "leading": elector.leading}
+        return {"ready": core.ready, "leading": True, "active": core.active_count, "queued": core.queued_count}
 
 
 def build_registry() -> kopf.OperatorRegistry:
-    """A kopf registry with the AgentRun handlers (no module-level registration)."""
+    """A kopf registry with the operator's lifecycle and AgentThread handlers (no module-level registration)."""
     kopf_registry = kopf.OperatorRegistry()
-    resource = (models.GROUP, models.VERSION, models.PLURAL)
 
     @kopf.on.login(registry=kopf_registry)
     async def login(**_: Any) -> kopf.ConnectionInfo:
@@ -84,26 +94,22 @@ def build_registry() -> kopf.OperatorRegistry:
             metrics=run_metrics,
             supervisor=context.supervisor,
         )
-        core = context.reconciler = reconciler.Reconciler(svc)
-        core.start()
+        context.elector = lease.LeaderElector(
+            context.connection.api,
+            namespace=context.settings.lease_namespace,
+            name=context.settings.lease_name,
+            identity=context.settings.instance,
+            timing=lease.Timing(
+                duration=context.settings.lease_duration_seconds,
+                renew_deadline=context.settings.lease_renew_deadline_seconds,
+                retry_period=context.settings.lease_retry_period_seconds,
+            ),
+            request_timeout=context.settings.api_request_timeout_seconds,
+        )
         if context.settings.liveness_port:
             context.health = health.HealthServer(context.settings.liveness_port, context.readiness)
             await context.health.start()
-        # Recovery reads every Running run; it runs beside the watch so /healthz answers meanwhile.
-        context.supervisor.keep_running(
-            functools.partial(_recover_then_resync, core, context.settings), what="recovery and resync", critical=True
-        )
-
-    @kopf.on.event(*resource, registry=kopf_registry)
-    async def agentrun_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-        context: OperatorContext = memo["context"]
-        if context.reconciler is None:
-            return
-        run = ports.RunObject.from_body(event["object"])
-        if event["type"] == "DELETED":
-            context.reconciler.forget(run.ref)
-            return
-        context.reconciler.observe(run)
+        context.supervisor.keep_running(functools.partial(_lead, context, svc), what="leader election", critical=True)
 
     @kopf.on.event(models.GROUP, models.VERSION, models.THREAD_PLURAL, registry=kopf_registry)
     async def agentthread_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
@@ -118,6 +124,8 @@ def build_registry() -> kopf.OperatorRegistry:
         context: OperatorContext = memo["context"]
         if context.reconciler is not None:
             await context.reconciler.drain(context.settings.shutdown_grace_seconds)
+        if context.elector is not None:
+            await context.elector.release()  # after the drain: a standby takes over at once
         await context.supervisor.close()
         if context.connection is not None:
             await context.connection.close()
@@ -138,6 +146,37 @@ def _configure_kopf(kopf_settings: kopf.OperatorSettings, operator_settings: set
     kopf_settings.networking.request_timeout = operator_settings.api_request_timeout_seconds
 
 
+async def _lead(context: OperatorContext, svc: services.Services) -> None:
+    """Wait for the Lease; then watch, recover and drive runs for as long as it is held."""
+    elector = context.elector
+    assert elector is not None
+    assert context.connection is not None
+    await elector.acquire()
+    core = context.reconciler = reconciler.Reconciler(svc)
+    core.start()
+    run_watch = watch.RunWatch(
+        context.connection.api,
+        namespaces=context.settings.namespaces,
+        request_timeout=context.settings.api_request_timeout_seconds,
+        handlers=watch.Handlers(
+            changed=lambda body: core.observe(ports.RunObject.from_body(body)),
+            gone=lambda body: core.forget(ports.RunRef.from_body(body)),
+            listed=core.listed,
+        ),
+    )
+    context.supervisor.keep_running(run_watch.run, what="watch of AgentRuns", critical=True)
+    # Recovery reads every Running run; it runs beside the watch so /healthz answers meanwhile.
+    context.supervisor.keep_running(
+        functools.partial(_recover_then_resync, core, context.settings), what="recovery and resync", critical=True
+    )
+    try:
+        await elector.hold()
+    except lease.LeadershipLost as lost:
+        # Another instance may lead already: not one more write. Its recovery fails (or
+        # adopts) the runs this process leaves behind.
+        supervision.exit_now(f"leadership lost, exiting without further writes: {lost}")
+
+
 async def _recover_then_resync(core: reconciler.Reconciler, operator_settings: settings.Settings) -> None:
     """Startup recovery (retried while the API server is unavailable), then the periodic resync."""
     backoff = writer.Backoff(initial=1.0, cap=10.0)
@@ -151,7 +190,7 @@ async def _recover_then_resync(core: reconciler.Reconciler, operator_settings: s
     if orphans:
         logger.warning("failed %d runs orphaned by a previous operator instance", orphans)
     while True:
-        await asyncio.sleep(operator_settings.heartbeat_interval_seconds)
+        await asyncio.sleep(operator_settings.resync_interval_seconds)
         try:
             await core.resync()
         except ports.ApiError as error:

@@ -18,6 +18,14 @@ class LogFormat(enum.StrEnum):
     TEXT = "text"
 
 
+LEASE_JITTER = 1.2
+"""Standbys stretch their retry period by up to this factor (see agentrun.kube.lease)."""
+
+
+def _default_lease_namespace() -> str:
+    return os.environ.get("POD_NAMESPACE") or "default"
+
+
 def _default_instance() -> str:
     # In a cluster the Downward API sets POD_NAME; elsewhere the host name identifies us.
     return os.environ.get("POD_NAME") or socket.gethostname()
@@ -68,11 +76,28 @@ class Settings(pydantic_settings.BaseSettings):
         le=20,
         description="On SIGTERM, how long in-flight runs may finish before they are failed.",
     )
-    heartbeat_interval_seconds: float = pydantic.Field(
-        15.0, gt=0, description="How often the owner renews the heartbeat of its running runs."
+    lease_name: str = pydantic.Field(
+        "agentrun-operator",
+        min_length=1,
+        max_length=253,
+        description="The Lease that replicas elect their leader with; only its holder drives runs.",
     )
-    heartbeat_timeout_seconds: float = pydantic.Field(
-        60.0, gt=0, description="A Running run whose heartbeat is older than this is an orphan."
+    lease_namespace: str = pydantic.Field(
+        default_factory=_default_lease_namespace,
+        min_length=1,
+        description="Namespace of the Lease: the operator's own (POD_NAMESPACE), else the first watched one.",
+    )
+    lease_duration_seconds: float = pydantic.Field(
+        15.0, ge=2, le=300, description="A Lease not renewed for this long, as a standby sees it, is taken over."
+    )
+    lease_renew_deadline_seconds: float = pydantic.Field(
+        10.0, gt=0, description="The leader stops (and exits) when it could not renew its Lease for this long."
+    )
+    lease_retry_period_seconds: float = pydantic.Field(
+        2.0, gt=0, description="How often the leader renews and standbys check the Lease."
+    )
+    resync_interval_seconds: float = pydantic.Field(
+        30.0, gt=0, le=3600, description="How often the leader re-reads the runs it owns, so none is forgotten."
     )
     default_timeout_seconds: float = pydantic.Field(
         3600.0,
@@ -110,7 +135,19 @@ class Settings(pydantic_settings.BaseSettings):
         return value
 
     @pydantic.model_validator(mode="after")
-    def _heartbeat_outlives_interval(self) -> Settings:
-        if self.heartbeat_timeout_seconds <= 2 * self.heartbeat_interval_seconds:
-            raise ValueError("heartbeat_timeout_seconds must exceed twice heartbeat_interval_seconds")
+    def _lease_is_consistent(self) -> Settings:
+        if "lease_namespace" not in self.model_fields_set and not os.environ.get("POD_NAMESPACE") and self.namespaces:
+            # Out of a cluster, replicas that watch the same namespaces meet in the first of them.
+            self.lease_namespace = self.namespaces[0]
+        duration, deadline, retry = (
+            self.lease_duration_seconds,
+            self.lease_renew_deadline_seconds,
+            self.lease_retry_period_seconds,
+        )
+        if not duration > deadline > LEASE_JITTER * retry:
+            # The leader must give up before a standby may take over, and retry before giving up.
+            raise ValueError(
+                "lease timing needs lease_duration_seconds > lease_renew_deadline_seconds"
+                f" > {LEASE_JITTER} x lease_retry_period_seconds, got {duration:g} / {deadline:g} / {retry:g}"
+            )
         return self

@@ -39,8 +39,7 @@ def settings(**overrides: Any) -> settings_module.Settings:
     """Operator settings with small, explicit timings for the unit tier."""
     values: dict[str, Any] = {
         "instance": "test",
-        "heartbeat_interval_seconds": 0.2,
-        "heartbeat_timeout_seconds": 1,
+        "resync_interval_seconds": 0.2,
         "progress_interval_seconds": 0.05,
         "liveness_port": 0,
         "metrics_port": 0,
@@ -315,6 +314,8 @@ class FakeRunStore:
             self.refusals.append(Refusal("finalizer", run.ref.name, "Rejected"))
             raise ports.Rejected("no new finalizers can be added if the object is being deleted")
         metadata["finalizers"] = [*others, models.FINALIZER] if present else others
+        if not present and run.status.phase.terminal:
+            metadata.setdefault("labels", {})[models.FINISHED_LABEL] = "true"
         self.writes.append(Write("finalizer", run.ref.name, "add" if present else "remove"))
         if "deletionTimestamp" in metadata and not metadata["finalizers"]:
             snapshot = copy.deepcopy(body)

@@ -22,7 +22,6 @@ def run(
     phase: str = "Pending",
     *,
     owner: str | None = None,
-    beat_age: float | None = None,
     finalizer: bool = False,
     deleting: bool = False,
     cancel: bool = False,
@@ -31,8 +30,6 @@ def run(
     wire: dict[str, Any] = {"phase": phase}
     if owner is not None:
         wire["runner"] = {"mode": "task", "instance": owner}
-        if beat_age is not None:
-            wire["runner"]["heartbeatTime"] = (NOW - datetime.timedelta(seconds=beat_age)).isoformat()
     metadata: dict[str, Any] = {"name": "a", "namespace": "ns", "uid": "u", "resourceVersion": "1"}
     if finalizer:
         metadata["finalizers"] = [models.FINALIZER]
@@ -42,7 +39,7 @@ def run(
     return ports.RunObject.from_body({"metadata": metadata, "spec": spec, "status": wire if status is None else status})
 
 
-IDLE = decisions.Observed(instance=ME, heartbeat_timeout=datetime.timedelta(seconds=60))
+IDLE = decisions.Observed(instance=ME)
 EXECUTING = dataclasses.replace(IDLE, executing=True)
 FULL = dataclasses.replace(IDLE, slot_free=False)
 STARTING = dataclasses.replace(IDLE, accepting=False)
@@ -58,20 +55,16 @@ ROWS = [
     pytest.param(run(cancel=True), IDLE, Verb.CANCEL, Cause.REQUESTED, id="pending-cancelled-never-starts"),
     pytest.param(run(cancel=True), FULL, Verb.CANCEL, Cause.REQUESTED, id="queued-cancelled-never-starts"),
     # running
-    pytest.param(run("Running", owner=ME, beat_age=1), EXECUTING, Verb.WAIT, None, id="running-ours-wait"),
-    pytest.param(run("Running", owner=ME, beat_age=1), IDLE, Verb.FAIL_ORPHAN, None, id="running-ours-forgotten"),
-    pytest.param(run("Running", owner="other", beat_age=1), IDLE, Verb.WAIT, None, id="running-foreign-alive"),
-    pytest.param(run("Running", owner="other", beat_age=61), IDLE, Verb.FAIL_ORPHAN, None, id="running-foreign-dead"),
-    pytest.param(run("Running", owner="other"), IDLE, Verb.FAIL_ORPHAN, None, id="running-without-heartbeat"),
-    pytest.param(
-        run("Running", owner="other", beat_age=61), DRAINING, Verb.FAIL_ORPHAN, None, id="orphan-failed-even-draining"
-    ),
+    pytest.param(run("Running", owner=ME), EXECUTING, Verb.WAIT, None, id="running-ours-wait"),
+    pytest.param(run("Running", owner=ME), IDLE, Verb.FAIL_ORPHAN, None, id="running-ours-left-by-an-earlier-life"),
+    # Only the Lease holder decides: another instance's Running run was left when it lost the Lease.
+    pytest.param(run("Running", owner="other"), IDLE, Verb.FAIL_ORPHAN, None, id="running-foreign-owner-gone"),
+    pytest.param(run("Running"), IDLE, Verb.FAIL_ORPHAN, None, id="running-without-owner"),
+    pytest.param(run("Running", owner="other"), DRAINING, Verb.FAIL_ORPHAN, None, id="orphan-failed-even-draining"),
     pytest.param(run("Running", owner=ME, cancel=True), EXECUTING, Verb.STOP, Cause.REQUESTED, id="cancel-ours"),
+    pytest.param(run("Running", owner="other", cancel=True), IDLE, Verb.CANCEL, Cause.REQUESTED, id="cancel-orphan"),
     pytest.param(
-        run("Running", owner="other", beat_age=1, cancel=True), IDLE, Verb.WAIT, None, id="cancel-left-to-live-owner"
-    ),
-    pytest.param(
-        run("Running", owner="other", beat_age=61, cancel=True), IDLE, Verb.CANCEL, Cause.REQUESTED, id="cancel-orphan"
+        run("Running", owner="other", cancel=True), DRAINING, Verb.WAIT, None, id="cancel-left-to-the-next-leader"
     ),
     # deletion
     pytest.param(

@@ -19,7 +19,7 @@ from agentrun.runtime import decisions, ending, ports, reconciler, runner, trans
 
 HAPPY_WRITES = [("finalizer", "add"), ("status", "Running"), ("status", "Succeeded"), ("finalizer", "remove")]
 # Heartbeats long enough that none falls inside a test which counts writes.
-QUIET = {"heartbeat_interval_seconds": 5, "heartbeat_timeout_seconds": 11}
+QUIET = {"resync_interval_seconds": 5}
 
 
 async def started(make_reconciler: fakes.MakeReconciler, **settings: object) -> reconciler.Reconciler:
@@ -349,14 +349,14 @@ async def test_deleting_a_running_run_cancels_it_and_lets_it_go(
     await fakes.eventually(lambda: sched.active_count == 0, what="the slot to be freed")
 
 
-async def test_deleting_a_run_held_by_an_earlier_life_records_the_cancellation(
+async def test_a_run_deleted_while_no_instance_led_records_the_cancellation(
     make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore
 ) -> None:
     run_store.add("held", status=running_status("other", NOW), finalizers=(models.FINALIZER,))
+    run_store.delete("held")  # its owner lost the Lease; nobody leads yet
     sched = make_reconciler(clock=fakes.Clock(NOW))
-    assert await sched.recover() == 0  # its owner looks alive
+    assert await sched.recover() == 0  # cancelled for the deletion, not failed as an orphan
 
-    run_store.delete("held")
     await fakes.eventually(lambda: not run_store.exists("held"), what="the object to be deleted")
 
     assert run_store.last("held").status.phase is models.Phase.CANCELLED
@@ -419,20 +419,18 @@ async def test_progress_is_coalesced_into_one_write(
     assert status.event_count == 5
 
 
-async def test_heartbeat_is_renewed_while_running(
+async def test_a_long_attempt_without_progress_makes_no_writes(
     make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
-    await started(make_reconciler)  # heartbeat every 0.2 s
+    sched = await started(make_reconciler)  # progress interval 0.05 s
     gate = scripted_runner.gate("a")
     run_store.add("a")
     await fakes.eventually(lambda: phase_of(run_store, "a") is models.Phase.RUNNING, what="a to run")
+    writes = list(run_store.writes_of("a"))
 
-    def renewed() -> bool:
-        status = run_store.object("a").status
-        return status.runner is not None and status.runner.heartbeat_time != status.start_time
-
-    await fakes.eventually(renewed, what="a renewed heartbeat")
-    assert run_store.object("a").status.event_count == 1  # heartbeats add no events
+    # The owner's liveness is its Lease: twenty progress intervals pass without a write.
+    await asyncio.sleep(20 * sched.svc.settings.progress_interval_seconds)
+    assert run_store.writes_of("a") == writes
     gate.set()
     assert (await finished(run_store, "a")).phase is models.Phase.SUCCEEDED
 
@@ -535,35 +533,35 @@ async def test_drain_leaves_queued_runs_for_the_next_instance(
 # --- recovery ---------------------------------------------------------------------------
 
 
-def running_status(instance: str, heartbeat: datetime.datetime | None) -> models.AgentRunStatus:
+def running_status(instance: str, started: datetime.datetime | None) -> models.AgentRunStatus:
     """A Running status owned by ``instance``; ``None`` means it never recorded a time at all."""
     runner_status = models.RunnerStatus(mode=models.RunnerMode.TASK, instance=instance)
-    if heartbeat is None:
+    if started is None:
         return models.AgentRunStatus(phase=models.Phase.RUNNING, reason="Running", runner=runner_status)
-    return transitions.admitted(
-        models.AgentRunStatus(), runner=runner_status, generation=1, now=heartbeat, ring_size=50
-    )
+    return transitions.admitted(models.AgentRunStatus(), runner=runner_status, generation=1, now=started, ring_size=50)
 
 
 NOW = fakes.EPOCH + datetime.timedelta(hours=1)
 
+# Recovery runs once this instance holds the leader Lease: whoever recorded a Running
+# run has stopped acting, however recently it wrote (see decisions.owner_alive).
 RECOVERY = [
-    pytest.param("gone", NOW - datetime.timedelta(minutes=10), True, id="expired-heartbeat-of-another-instance"),
-    pytest.param("other", NOW - datetime.timedelta(seconds=0.5), False, id="fresh-heartbeat-of-another-instance"),
+    pytest.param("gone", NOW - datetime.timedelta(minutes=10), True, id="another-instance-long-ago"),
+    pytest.param("other", NOW - datetime.timedelta(seconds=0.5), True, id="another-instance-just-now"),
     pytest.param("test", NOW, True, id="our-own-name-but-not-in-memory"),
-    pytest.param("gone", None, True, id="no-heartbeat-at-all"),
+    pytest.param("gone", None, True, id="no-start-time-at-all"),
 ]
 
 
-@pytest.mark.parametrize(("owner", "heartbeat", "orphaned"), RECOVERY)
+@pytest.mark.parametrize(("owner", "started", "orphaned"), RECOVERY)
 async def test_recover_fails_orphans_only(
     make_reconciler: fakes.MakeReconciler,
     run_store: fakes.FakeRunStore,
     owner: str,
-    heartbeat: datetime.datetime | None,
+    started: datetime.datetime | None,
     orphaned: bool,
 ) -> None:
-    run_store.add("running", status=running_status(owner, heartbeat), finalizers=(models.FINALIZER,))
+    run_store.add("running", status=running_status(owner, started), finalizers=(models.FINALIZER,))
     sched = make_reconciler(clock=fakes.Clock(NOW))
 
     assert await sched.recover() == int(orphaned)
@@ -593,7 +591,9 @@ async def test_recover_makes_no_writes_to_finished_runs(
     await sched.settle()
 
     assert {w.name for w in run_store.writes} == {"orphan"}
-    assert run_store.writes_of("orphan") == [("status", "Failed")]
+    # Failed, then labelled finished (the release write): the watch no longer sends it.
+    assert run_store.writes_of("orphan") == [("status", "Failed"), ("finalizer", "remove")]
+    assert run_store.last("orphan").labelled_finished
 
 
 async def test_finished_run_still_holding_our_finalizer_is_released_without_a_status_write(
@@ -607,37 +607,12 @@ async def test_finished_run_still_holding_our_finalizer_is_released_without_a_st
     assert run_store.writes_of("done") == [("finalizer", "remove")]
 
 
-async def test_sweep_fails_a_foreign_run_once_its_heartbeat_expires(
-    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore
-) -> None:
-    clock = fakes.Clock(NOW)
-    run_store.add("foreign", status=running_status("other", NOW))
-    sched = make_reconciler(clock=clock)
-    assert await sched.recover() == 0
-
-    clock.advance(0.9)
-    await sched.resync()
-    await sched.settle()
-    assert run_store.writes_of("foreign") == []
-    clock.advance(0.2)  # past the 1 s timeout
-    await sched.resync()
-    await sched.settle()
-    await sched.resync()
-    await sched.settle()
-
-    assert run_store.writes_of("foreign") == [("status", "Failed")]
-    status = run_store.object("foreign").status
-    assert (status.phase, status.reason) == (models.Phase.FAILED, "OperatorRestarted")
-    assert status.completion_time == NOW + datetime.timedelta(seconds=1.1)
-
-
 async def test_orphan_seen_late_that_finished_meanwhile_is_not_failed(
     make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore
 ) -> None:
     clock = fakes.Clock(NOW)
     run_store.add("foreign", status=running_status("other", NOW))
     sched = make_reconciler(clock=clock)
-    await sched.recover()
     stale = run_store.object("foreign")
     done = transitions.ended(
         stale.status,
@@ -647,9 +622,9 @@ async def test_orphan_seen_late_that_finished_meanwhile_is_not_failed(
         ring_size=50,
     )
     run_store.set_status("foreign", done)
-    clock.advance(5)
+    await sched.recover()
 
-    sched.observe(stale)  # a delayed watch event: the Running copy, now with an expired heartbeat
+    sched.observe(stale)  # a delayed watch event: the Running copy
     await sched.settle()
 
     assert run_store.object("foreign").status == done

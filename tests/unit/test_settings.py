@@ -40,26 +40,44 @@ def test_instance_defaults_to_the_pod_name(monkeypatch: pytest.MonkeyPatch) -> N
 def test_defaults_are_consistent() -> None:
     loaded = settings.Settings()
     assert loaded.namespaces == []
-    assert loaded.heartbeat_timeout_seconds > 2 * loaded.heartbeat_interval_seconds
+    assert loaded.lease_namespace == "default"
+    assert (loaded.lease_duration_seconds, loaded.lease_renew_deadline_seconds) == (15, 10)
     assert loaded.shutdown_grace_seconds <= 20
 
 
+def test_the_lease_lives_in_the_operators_own_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAMESPACE", "agentrun-system")
+    assert settings.Settings(namespaces=["team-a"]).lease_namespace == "agentrun-system"
+
+
+def test_out_of_a_cluster_the_lease_lives_in_the_first_watched_namespace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POD_NAMESPACE", raising=False)
+    monkeypatch.setenv("AGENTRUN_NAMESPACES", "team-a,team-b")
+    assert settings.Settings().lease_namespace == "team-a"
+    assert settings.Settings(lease_namespace="ops").lease_namespace == "ops"
+
+
 @pytest.mark.parametrize(
-    ("interval", "timeout"),
+    ("duration", "deadline", "retry"),
     [
-        pytest.param(15, 30, id="exactly-twice"),
-        pytest.param(15, 20, id="less-than-twice"),
-        pytest.param(10, 5, id="shorter-than-the-interval"),
+        pytest.param(10, 10, 2, id="deadline-equals-duration"),
+        pytest.param(10, 15, 2, id="deadline-beyond-duration"),
+        pytest.param(15, 2, 2, id="retry-not-below-deadline"),
+        pytest.param(15, 10, 9, id="jittered-retry-beyond-deadline"),
     ],
 )
-def test_heartbeat_timeout_must_exceed_twice_the_interval(interval: float, timeout: float) -> None:
-    with pytest.raises(pydantic.ValidationError, match="must exceed twice heartbeat_interval_seconds"):
-        settings.Settings(heartbeat_interval_seconds=interval, heartbeat_timeout_seconds=timeout)
+def test_lease_timing_lets_the_leader_give_up_before_a_standby_takes_over(
+    duration: float, deadline: float, retry: float
+) -> None:
+    with pytest.raises(pydantic.ValidationError, match="lease_duration_seconds > lease_renew_deadline_seconds"):
+        settings.Settings(
+            lease_duration_seconds=duration, lease_renew_deadline_seconds=deadline, lease_retry_period_seconds=retry
+        )
 
 
-def test_heartbeat_timeout_from_the_environment_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AGENTRUN_HEARTBEAT_TIMEOUT_SECONDS", "20")
-    with pytest.raises(pydantic.ValidationError, match="heartbeat_timeout_seconds"):
+def test_lease_timing_from_the_environment_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTRUN_LEASE_RENEW_DEADLINE_SECONDS", "20")
+    with pytest.raises(pydantic.ValidationError, match="lease timing"):
         settings.Settings()
 
 

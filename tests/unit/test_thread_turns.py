@@ -8,7 +8,7 @@ import pytest
 from agentrun.api import models
 from agentrun.runtime import ports, reconciler, runner, threads
 
-QUIET = {"heartbeat_interval_seconds": 5, "heartbeat_timeout_seconds": 11}
+QUIET = {"resync_interval_seconds": 5}
 
 
 def turn(prompt: str, thread: str = "chat", *, delay: float = 0.0) -> dict[str, object]:

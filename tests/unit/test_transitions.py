@@ -62,11 +62,11 @@ def test_queued_waits_as_pending_without_events() -> None:
     )
 
 
-def test_admitted_runs_with_owner_heartbeat_and_run_started() -> None:
+def test_admitted_runs_with_owner_and_run_started() -> None:
     status = running(at(5))
     assert (status.phase, status.reason, status.message) == (models.Phase.RUNNING, "Running", "")
     assert status.start_time == at(5)
-    assert status.runner == models.RunnerStatus(mode=models.RunnerMode.TASK, instance="op-1", heartbeat_time=at(5))
+    assert status.runner == models.RunnerStatus(mode=models.RunnerMode.TASK, instance="op-1")
     assert [(e.id, e.type, e.time) for e in status.events] == [(1, "run_started", at(5))]
     assert status.event_count == 1
     assert status.observed_generation == 3
@@ -79,21 +79,11 @@ def test_admitted_runs_with_owner_heartbeat_and_run_started() -> None:
     )
 
 
-def test_progressed_appends_events_and_renews_the_heartbeat_only() -> None:
+def test_progressed_appends_events_only() -> None:
     before = running(T0)
     status = transitions.progressed(before, progress("model_request", "tool_call"), now=at(30), ring_size=RING)
     assert [e.type for e in status.events] == ["run_started", "model_request", "tool_call"]
-    assert status.runner is not None
-    assert status.runner.heartbeat_time == at(30)
-    assert status.start_time == T0
-    assert status.conditions == before.conditions
-
-
-def test_progressed_without_events_is_a_heartbeat() -> None:
-    status = transitions.progressed(running(T0), [], now=at(15), ring_size=RING)
-    assert status.runner is not None
-    assert status.runner.heartbeat_time == at(15)
-    assert status.event_count == 1
+    assert status.model_copy(update={"events": before.events, "event_count": before.event_count}) == before
 
 
 @pytest.mark.parametrize(
@@ -289,35 +279,6 @@ def test_other_conditions_are_kept() -> None:
     )
     assert [c.type for c in status.conditions] == ["Ready", "Succeeded"]
     assert status.condition("Ready") == other
-
-
-TIMEOUT = datetime.timedelta(seconds=60)
-
-HEARTBEATS = [
-    pytest.param(models.AgentRunStatus(), T0, False, id="pending-is-never-expired"),
-    pytest.param(
-        models.AgentRunStatus(phase=models.Phase.SUCCEEDED, start_time=T0),
-        at(3600),
-        False,
-        id="finished-is-never-expired",
-    ),
-    pytest.param(running(T0), at(30), False, id="fresh-heartbeat"),
-    pytest.param(running(T0), at(60), False, id="exactly-at-the-timeout"),
-    pytest.param(running(T0), at(60.001), True, id="just-past-the-timeout"),
-    pytest.param(
-        transitions.progressed(running(T0), [], now=at(50), ring_size=RING), at(100), False, id="renewed-heartbeat"
-    ),
-    pytest.param(
-        running(T0).model_copy(update={"runner": RUNNER}), at(61), True, id="no-heartbeat-falls-back-to-start-time"
-    ),
-    pytest.param(running(T0).model_copy(update={"runner": None}), at(10), False, id="no-runner-recent-start"),
-    pytest.param(models.AgentRunStatus(phase=models.Phase.RUNNING), T0, True, id="running-without-any-time"),
-]
-
-
-@pytest.mark.parametrize(("status", "now", "expired"), HEARTBEATS)
-def test_heartbeat_expired(status: models.AgentRunStatus, now: datetime.datetime, expired: bool) -> None:
-    assert transitions.heartbeat_expired(status, timeout=TIMEOUT, now=now) is expired
 
 
 def test_progress_sink_stamps_strictly_increasing_times() -> None:

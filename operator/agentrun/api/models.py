@@ -39,6 +39,8 @@ MANAGED_BY_VALUE = "agentrun-operator"
 RUN_LABEL = f"{GROUP}/run"
 RUN_UID_LABEL = f"{GROUP}/run-uid"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
+FINISHED_LABEL = f"{GROUP}/finished"
+"""Set (to ``"true"``) on a run the operator has finished with: it is no longer watched."""
 
 # Layer names with a fixed role in every composition.
 MODEL_LAYER = "llm"
@@ -529,13 +531,10 @@ class ContentRef(StatusModel):
 
 
 class RunnerStatus(StatusModel):
-    """Which operator instance executes the run, and its liveness."""
+    """Which operator instance executes the run (it holds the operator's leader Lease while it does)."""
 
     mode: RunnerMode = pydantic.Field(description="How the run is executed.")
     instance: str = pydantic.Field(description="Identity of the operator instance that owns the run.")
-    heartbeat_time: Timestamp | None = pydantic.Field(
-        None, description="Last time the owner confirmed the run is alive."
-    )
 
 
 class AgentRecord(StatusModel):

@@ -129,7 +129,11 @@ class KubeRunStore:
     async def _pages(self, namespace: str | None) -> AsyncIterator[dict[str, Any]]:
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"limit": LIST_PAGE, "_request_timeout": self._timeout}
+            kwargs: dict[str, Any] = {
+                "label_selector": f"!{models.FINISHED_LABEL}",
+                "limit": LIST_PAGE,
+                "_request_timeout": self._timeout,
+            }
             if token:
                 kwargs["_continue"] = token
             with errors.translated("list AgentRuns"):
@@ -174,7 +178,11 @@ class KubeRunStore:
     async def set_finalizer(self, run: ports.RunObject, present: bool) -> ports.RunObject | None:
         others = [f for f in run.finalizers if f != models.FINALIZER]
         finalizers = [*others, models.FINALIZER] if present else others
-        patch = {"metadata": {"resourceVersion": run.resource_version, "finalizers": finalizers}}
+        metadata: dict[str, Any] = {"resourceVersion": run.resource_version, "finalizers": finalizers}
+        if not present and run.status.phase.terminal:
+            # Finished with: from now on the operator's watch (kube.watch) no longer sends this run.
+            metadata["labels"] = {models.FINISHED_LABEL: "true"}
+        patch = {"metadata": metadata}
         try:
             with errors.translated(f"{'add' if present else 'remove'} finalizer of AgentRun {run.ref}"):
                 body = await self._custom.patch_namespaced_custom_object(

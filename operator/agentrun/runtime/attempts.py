@@ -1,9 +1,10 @@
 """Driving one attempt of a run: execute it under its deadline, write progress, end it.
 
 The attempt is already recorded in the run's status (see
-:mod:`agentrun.runtime.admission`) when it starts here. Progress and the heartbeat
-are coalesced into one write per interval. The run's deadline counts from its
-``startTime``; only that deadline yields ``DeadlineExceeded``. ``stop()`` ends the
+:mod:`agentrun.runtime.admission`) when it starts here. Progress is coalesced
+into at most one write per interval; the owner's liveness is its Lease, not a write.
+The run's deadline counts from its ``startTime``; only that deadline yields
+``DeadlineExceeded``. ``stop()`` ends the
 attempt early with a recorded cause. Whatever happens, the attempt ends with an
 :class:`~agentrun.runtime.transitions.Ending`: a bug in a layer or in the agent
 library becomes ``InternalError``, never a run left ``Running``.
@@ -109,19 +110,14 @@ class AttemptDriver:
         )
 
     async def _write_progress(self) -> None:
-        """Coalesce progress into few writes, and renew the heartbeat while the attempt lasts."""
-        settings = self.svc.settings
+        """Coalesce progress into at most one write per interval; an attempt without progress writes nothing."""
+        interval = self.svc.settings.progress_interval_seconds
         last_write = time.monotonic()
         while True:
-            interval = settings.progress_interval_seconds if self.sink.pending else settings.heartbeat_interval_seconds
+            await self.sink.arrived.wait()
             wait = last_write + interval - time.monotonic()
             if wait > 0:
-                if self.sink.pending:
-                    await asyncio.sleep(wait)
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.sink.arrived.wait(), wait)
-                continue
+                await asyncio.sleep(wait)
             events = list(self.sink.pending)
             change = functools.partial(
                 changes.progress,

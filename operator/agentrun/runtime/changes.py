@@ -69,7 +69,7 @@ def progress(
     now: datetime.datetime,
     ring_size: int,
 ) -> models.AgentRunStatus | None:
-    """Coalesced progress and a renewed heartbeat, while this instance's attempt is the running one."""
+    """Coalesced progress, while this instance's attempt is the running one."""
     if current.status.phase is not models.Phase.RUNNING:
         return None
     if not transitions.started_by(current.status, instance=instance, attempt=attempt):
@@ -127,15 +127,13 @@ def fail_orphan(
 ) -> models.AgentRunStatus | None:
     """Fail a run whose owner is gone (or retry it), if nothing has moved since it was judged orphaned.
 
-    ``seen`` is the status the judgement was made on: if the owner has renewed the
-    heartbeat or another attempt has started since, the owner is alive after all.
+    ``seen`` is the status the judgement was made on: if another attempt has started
+    since, or another instance has taken the run over, it is no longer an orphan.
     """
     status = current.status
     if status.phase is not models.Phase.RUNNING or not current.phase_readable:
         return None
-    seen_beat = seen.runner.heartbeat_time if seen.runner else None
-    beat = status.runner.heartbeat_time if status.runner else None
-    if beat != seen_beat or status.last_attempt != seen.last_attempt:
+    if status.runner != seen.runner or status.last_attempt != seen.last_attempt:
         return None
     if retry_at is not None:
         return transitions.retrying(

@@ -88,8 +88,6 @@ class Observed:
     """The instance is shutting down: nothing new is taken on."""
     slot_free: bool = True
     """The concurrency cap has room for one more run."""
-    heartbeat_timeout: datetime.timedelta = datetime.timedelta(seconds=60)
-    """A Running run whose owner has not renewed it for this long is an orphan."""
     default_ttl: datetime.timedelta | None = None
     """How long finished runs without ``ttlSecondsAfterFinished`` are kept (``None``: for ever)."""
 
@@ -125,14 +123,14 @@ def decide(run: ports.RunObject, observed: Observed, now: datetime.datetime) -> 
             return Action(Verb.STOP, StopCause.REQUESTED)
         if observed.draining:
             return WAIT
-        if phase is models.Phase.RUNNING and owner_alive(run, observed, now):
+        if phase is models.Phase.RUNNING and owner_alive(run, observed):
             return WAIT  # its owner sees the same request and stops it
         return Action(Verb.CANCEL, StopCause.REQUESTED)
 
     if phase is models.Phase.RUNNING:
         if observed.executing:
             return WAIT
-        if owner_alive(run, observed, now):
+        if owner_alive(run, observed):
             return WAIT
         return Action(Verb.FAIL_ORPHAN)
 
@@ -205,13 +203,13 @@ def retry_at(
     return at
 
 
-def owner_alive(run: ports.RunObject, observed: Observed, now: datetime.datetime) -> bool:
+def owner_alive(run: ports.RunObject, observed: Observed) -> bool:
     """Whether the instance that runs ``run`` is still driving it.
 
-    A run recorded as this instance's that this instance does not execute was left by
-    an earlier life of the same identity: its owner is gone.
+    Only the holder of the leader Lease decides, so an owner other than this instance
+    has lost the Lease and stopped acting (see :mod:`agentrun.kube.lease`). A run
+    recorded as this instance's that this instance does not execute was left by an
+    earlier life of the same identity. Either way the owner is gone.
     """
     owner = run.status.runner.instance if run.status.runner else None
-    if owner == observed.instance:
-        return observed.executing
-    return not transitions.heartbeat_expired(run.status, timeout=observed.heartbeat_timeout, now=now)
+    return owner == observed.instance and observed.executing

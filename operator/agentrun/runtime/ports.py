@@ -64,6 +64,11 @@ class RunRef:
     def __str__(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> RunRef:
+        metadata = body.get("metadata") or {}
+        return cls(str(metadata.get("namespace", "")), str(metadata.get("name", "")), str(metadata.get("uid", "")))
+
 
 @dataclasses.dataclass(frozen=True)
 class RunObject:
@@ -76,9 +81,11 @@ class RunObject:
     deleting: bool
     status: models.AgentRunStatus
     status_problems: tuple[str, ...] = ()
+    """Status fields this version could not read (they are kept as stored, never rewritten blindly)."""
     created: datetime.datetime | None = None
     """``metadata.creationTimestamp``: the order of runs in a thread's queue."""
-    """Status fields this version could not read (they are kept as stored, never rewritten blindly)."""
+    labelled_finished: bool = False
+    """Carries the ``agentrun.dev/finished`` label: the operator has let go of it for good."""
     raw_spec: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
     """The spec as stored; parsed on first use, since most watch notifications never need it."""
 
@@ -133,6 +140,7 @@ class RunObject:
             status=status,
             status_problems=tuple(problems),
             created=_timestamp(metadata.get("creationTimestamp")),
+            labelled_finished=(metadata.get("labels") or {}).get(models.FINISHED_LABEL) == "true",
             raw_spec=body.get("spec") or {},
         )
 

@@ -81,6 +81,7 @@ class Reconciler:
         self._released: collections.OrderedDict[ports.RunRef, None] = collections.OrderedDict()
         self._recovered = False
         self._draining = False
+        self._closed = False
         self.expiry = expiry.Expiry(svc)
         self._thread_waiters: dict[tuple[str, str], set[ports.RunRef]] = {}
         svc.metrics.active_runs.set_function(lambda: self._line.running)
@@ -112,6 +113,8 @@ class Reconciler:
 
     def observe(self, run: ports.RunObject) -> None:
         """A newer copy of ``run`` is known. Idempotent; never blocks."""
+        if self._closed:
+            return  # this instance has stopped leading: another one decides now
         if run.ref in self._released:
             return  # finished and let go by this instance; the watch may lag behind us
         entry = self._entries.get(run.ref)
@@ -125,10 +128,21 @@ class Reconciler:
     def forget(self, ref: ports.RunRef) -> None:
         """The object is gone from the API server."""
         self._line.leave(ref)
-        self.expiry.forget(ref)
+        if ref not in self._released:
+            # A run this instance let go leaves the watch once labelled finished; its expiry stays.
+            self.expiry.forget(ref)
         entry = self._entries.get(ref)
         if entry is not None and not entry.busy:
             self._drop(entry)
+
+    def listed(self, namespace: str | None, present: set[ports.RunRef]) -> None:
+        """A fresh list of ``namespace`` (``None``: every namespace) found exactly ``present``.
+
+        Runs this instance holds that the list did not return were deleted or finished
+        with while the watch was interrupted: they are forgotten.
+        """
+        for ref in [ref for ref in self._entries if namespace in (None, ref.namespace) and ref not in present]:
+            self.forget(ref)
 
     async def recover(self) -> int:
         """Fail the runs left Running by an instance that is gone; then start admitting.
@@ -200,7 +214,8 @@ class Reconciler:
         await self.svc.supervisor.settle()
 
     async def close(self) -> None:
-        """Cancel whatever is left (after a drain, and in tests)."""
+        """Cancel whatever is left (after a drain, and in tests); decide nothing more."""
+        self._closed = True
         await self.svc.supervisor.close()
 
     # --- deciding -------------------------------------------------------------------------
@@ -214,7 +229,6 @@ class Reconciler:
             accepting=self._recovered and not self._draining,
             draining=self._draining,
             slot_free=self._line.slot_free,
-            heartbeat_timeout=datetime.timedelta(seconds=settings.heartbeat_timeout_seconds),
             default_ttl=None if default_ttl is None else datetime.timedelta(seconds=default_ttl),
         )
 

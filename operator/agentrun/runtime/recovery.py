@@ -1,4 +1,4 @@
-"""Runs whose owner is gone: found at startup and by the periodic sweep, failed, let go."""
+"""Runs whose owner is gone: found when this instance starts leading and by the resync, failed, let go."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ logger = logging.getLogger(__name__)
 def orphan_ending(run: ports.RunObject) -> transitions.Ending:
     runner = run.status.runner
     owner = runner.instance if runner else "unknown"
-    beat = runner.heartbeat_time if runner else None
     message = (
-        f"the operator instance {owner} that ran this run stopped"
-        f" (last heartbeat {beat.isoformat() if beat else 'never'}); the run did not finish"
+        f"the operator instance {owner} that ran this run stopped (it no longer holds the operator's"
+        " leader Lease); the run did not finish"
     )
     return transitions.failure(models.Reason.OPERATOR_RESTARTED, message)
 

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, NoReturn
 
 logger = logging.getLogger(__name__)
 
@@ -101,3 +101,18 @@ def _exit_process(what: str) -> None:
     # A graceful stop: the operator's SIGTERM handling drains and releases the runs, the
     # process exits, and the Deployment starts a fresh instance.
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+LEADERSHIP_LOST_EXIT_CODE = 3
+
+
+def exit_now(reason: str) -> NoReturn:
+    """End the process at once: no drain, no cleanup, no further API writes.
+
+    For a leader that lost its Lease: another instance may already lead, and any write
+    from here on could contradict it. Logs are flushed first; the Deployment restarts
+    the process as a standby.
+    """
+    logger.critical("%s", reason)
+    logging.shutdown()
+    os._exit(LEADERSHIP_LOST_EXIT_CODE)

@@ -184,7 +184,7 @@ def admitted(
     agent: models.AgentRecord | None = None,
     thread_turn: int | None = None,
 ) -> models.AgentRunStatus:
-    """The operator took the run: ``Running``, ``run_started``, owner, heartbeat and attempt 1.
+    """The operator took the run: ``Running``, ``run_started``, its owner and the attempt.
 
     The Agent a run names is recorded once, with its first attempt; later attempts keep it.
 
@@ -204,7 +204,7 @@ def admitted(
             "next_attempt_time": None,
             "agent": status.agent or agent,
             "thread_turn": status.thread_turn or thread_turn,
-            "runner": runner.model_copy(update={"heartbeat_time": now}),
+            "runner": runner,
             "attempts": [*status.attempts, attempt],
             "conditions": _succeeded_condition(
                 status, models.ConditionStatus.UNKNOWN, Reason.RUNNING.value, "", generation=generation, now=now
@@ -237,12 +237,9 @@ def progressed(
     now: datetime.datetime,
     ring_size: int,
 ) -> models.AgentRunStatus:
-    """Progress events appended and the heartbeat renewed, in one write."""
+    """Progress events appended, in one write."""
     _guard(status)
-    renewed = status
-    if status.runner is not None:
-        renewed = status.model_copy(update={"runner": status.runner.model_copy(update={"heartbeat_time": now})})
-    return with_events(renewed, events, ring_size=ring_size)
+    return with_events(status, events, ring_size=ring_size)
 
 
 def ended(
@@ -321,12 +318,3 @@ def retrying(
 
 def _iso(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def heartbeat_expired(status: models.AgentRunStatus, *, timeout: datetime.timedelta, now: datetime.datetime) -> bool:
-    """Whether a Running run's owner has stopped renewing it."""
-    if status.phase is not Phase.RUNNING:
-        return False
-    beat = status.runner.heartbeat_time if status.runner else None
-    beat = beat or status.start_time
-    return beat is None or now - beat > timeout

@@ -107,7 +107,8 @@ class Writer:
         """Make our finalizer present or absent; ``None`` if the object is gone or out of time."""
 
         async def attempt(current: ports.RunObject) -> ports.RunObject:
-            if current.has_finalizer == present:
+            labelled = present or current.labelled_finished or not current.status.phase.terminal
+            if current.has_finalizer == present and labelled:
                 return current
             if present and (current.deleting or current.status.phase.terminal):
                 return current  # never hold a run that is going away or already finished
