@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import harness
-import localcluster
 import observe
 import processes
 
@@ -33,48 +32,18 @@ LEASE_NAME = "agentrun-bench-failover"
 IN_FLIGHT_DELAY_SECONDS = 3.0
 NOT_AVAILABLE = "not available in this build: `agentrun operator --help` has no --lease-name"
 
-LEASE_RULES = """
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: bench-operator-lease, namespace: %(namespace)s}
-rules:
-- apiGroups: [coordination.k8s.io]
-  resources: [leases]
-  verbs: [get, list, watch, create, update, patch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: bench-operator-lease, namespace: %(namespace)s}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: bench-operator-lease}
-subjects:
-- {apiGroup: rbac.authorization.k8s.io, kind: User, name: %(user)s}
-"""
-
 
 def supports_leases() -> bool:
     shown = subprocess.run([str(processes.AGENTRUN), "operator", "--help"], capture_output=True, text=True, check=False)
     return "--lease-name" in shown.stdout
 
 
-def grant_leases(bench: harness.Bench, namespace: str) -> None:
-    """Leases in the Lease's namespace, for the identity under test, whatever the chart grants already."""
-    user = localcluster.OPERATOR_USER
-    bench.cluster.kubectl("apply", "-f", "-", stdin=LEASE_RULES % {"namespace": namespace, "user": user})
-    can_i = ["auth", "can-i", "update", "leases.coordination.k8s.io", "-n", namespace, f"--as={user}"]
-    processes.wait_until(
-        lambda: bench.cluster.kubectl(*can_i, check=False).stdout.strip() == "yes",
-        timeout=30,
-        interval=0.2,
-        what=f"{user} to be granted leases in {namespace}",
-    )
-
-
-def leading(process: processes.OperatorProcess) -> bool | None:
-    """What the process's /readyz says of its leadership; ``None`` while it does not answer."""
+def role(process: processes.OperatorProcess) -> str | None:
+    """ "leader" or "standby" once /readyz says the process is ready as one; ``None`` before."""
     state = process.probe("/readyz")
-    if state is None or "leading" not in state:
+    if not state or not state.get("ready") or "leading" not in state:
         return None
-    return bool(state["leading"])
+    return "leader" if state["leading"] else "standby"
 
 
 async def start_instance(bench: harness.Bench, namespace: str, *, expect_leading: bool) -> processes.OperatorProcess:
@@ -86,10 +55,11 @@ async def start_instance(bench: harness.Bench, namespace: str, *, expect_leading
         assert process.process is not None
         if process.process.poll() is not None:
             raise AssertionError(f"operator exited with {process.process.returncode}:\n{process.logs()[-3000:]}")
-        return leading(process) is expect_leading
+        return role(process) == expected
 
-    role = "lead" if expect_leading else "stand by"
-    await asyncio.to_thread(functools.partial(processes.wait_until, settled, timeout=90, what=f"an operator to {role}"))
+    expected = "leader" if expect_leading else "standby"
+    ready_as = functools.partial(processes.wait_until, settled, timeout=90, what=f"an operator ready as {expected}")
+    await asyncio.to_thread(ready_as)
     return process
 
 
@@ -143,7 +113,6 @@ async def failover(bench: harness.Bench, trials: int, in_flight: int) -> dict[st
     if not supports_leases():
         return {"skipped": NOT_AVAILABLE}
     namespace = await bench.namespace("failover")
-    grant_leases(bench, namespace)
     instances: list[processes.OperatorProcess] = []
     results = []
     async with observe.RunObserver(bench.custom, namespace) as observer:

@@ -509,6 +509,42 @@ class Bench:
         }
 
 
+LEASE_RULES = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: bench-operator-leases}
+rules:
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, update, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: bench-operator-leases}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: bench-operator-leases}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: %s}
+"""
+
+
+def grant_leases(cluster: localcluster.LocalCluster) -> None:
+    """Leases for the identity under test, in every namespace.
+
+    An operator that elects a leader holds a Lease in the first namespace it watches,
+    and every scenario watches a namespace of its own. The chart grants Leases in the
+    operator's own namespace only, which the bench does not have; without this grant
+    such an operator would never lead. Granted whether the build needs it or not.
+    """
+    cluster.kubectl("apply", "-f", "-", stdin=LEASE_RULES % localcluster.OPERATOR_USER)
+    can_i = ["auth", "can-i", "update", "leases.coordination.k8s.io", "--all-namespaces"]
+    processes.wait_until(
+        lambda: cluster.kubectl(*can_i, f"--as={localcluster.OPERATOR_USER}", check=False).stdout.strip() == "yes",
+        timeout=30,
+        interval=0.2,
+        what=f"{localcluster.OPERATOR_USER} to be granted leases",
+    )
+
+
 NAIVE_DISCOVERY_RULES = """
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole

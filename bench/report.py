@@ -7,7 +7,7 @@ does not count), and says so: met, missed, or not measured in this run.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 THROUGHPUT_GOAL = 0.60
 CONCURRENCY_GOAL_SECONDS = 4.5
@@ -38,6 +38,20 @@ def _spread_text(figure: Mapping[str, float | None], fmt: str = "{:g}") -> str:
     return f"{fmt.format(median)} [{fmt.format(low)}-{fmt.format(high)}]"
 
 
+def has_figures(section: Any) -> TypeGuard[Mapping[str, Any]]:
+    """A scenario ran and gave figures (it was neither left out, skipped nor failed)."""
+    return isinstance(section, Mapping) and bool(section) and "error" not in section and "skipped" not in section
+
+
+def why_not(section: Any) -> str:
+    """The first line of why a scenario gave no figures (the JSON keeps the whole of it)."""
+    if isinstance(section, Mapping):
+        reason = str(section.get("error") or section.get("skipped") or "-")
+        first = reason.splitlines()[0] if reason.strip() else "-"
+        return first[:160] + ("..." if len(first) > 160 or "\n" in reason else "")
+    return "-"
+
+
 def _row(target: str, goal: str, measured: str, met: bool | None) -> dict[str, Any]:
     return {"target": target, "goal": goal, "measured": measured, "met": met, "verdict": _verdict(met)}
 
@@ -63,8 +77,8 @@ def throughput_target(results: Mapping[str, Any]) -> dict[str, Any]:
 
 def concurrency_target(results: Mapping[str, Any]) -> dict[str, Any]:
     c = results.get("concurrency")
-    if not c:
-        return _row("concurrency", f"≤ {CONCURRENCY_GOAL_SECONDS} s", "-", None)
+    if not has_figures(c):
+        return _row("concurrency", f"≤ {CONCURRENCY_GOAL_SECONDS} s", why_not(c), None)
     return _row(
         f"{c['runs']} runs x {c['delay_seconds']:g} s at a cap of {c['cap']}",
         f"≤ {CONCURRENCY_GOAL_SECONDS} s (ideal {c['ideal_seconds']:g})",
@@ -76,8 +90,11 @@ def concurrency_target(results: Mapping[str, Any]) -> dict[str, Any]:
 def memory_target(results: Mapping[str, Any]) -> dict[str, Any]:
     m = results.get("memory")
     goal = f"≤ {RSS_GOAL_MB:g} MB, and within {RSS_GROWTH_GOAL_MB:g} MB of 0 finished"
-    if not m:
-        return _row("RSS with finished + 100 active runs", goal, "-", None)
+    if not has_figures(m) or not has_figures(m["without_finished"]) or not has_figures(m["with_finished"]):
+        reason = (
+            why_not(m) if not has_figures(m) else why_not(m["without_finished"]) + "; " + why_not(m["with_finished"])
+        )
+        return _row("RSS with finished + 100 active runs", goal, reason, None)
     none, many = m["without_finished"], m["with_finished"]
     growth = many["rss_with_active_mb"] - none["rss_with_active_mb"]
     return _row(
@@ -92,8 +109,8 @@ def failover_target(results: Mapping[str, Any]) -> dict[str, Any]:
     f = results.get("failover")
     goal = f"≤ {FAILOVER_GOAL_SECONDS:g} s p50 over 5 trials, 0 lost runs, 0 duplicate terminal events"
     target = "failover (leader SIGKILL) → first new run admitted by the standby"
-    if not f or "skipped" in f:
-        return _row(target, goal, (f or {}).get("skipped", "-"), None)
+    if not has_figures(f):
+        return _row(target, goal, why_not(f), None)
     p50 = f["seconds_to_first_new_run_admitted_p50"]
     met = (
         p50 is not None
@@ -102,11 +119,11 @@ def failover_target(results: Mapping[str, Any]) -> dict[str, Any]:
         and f["lost_runs"] == 0
         and f["runs_with_duplicate_terminal_events"] == 0
     )
-    measured = (
+    text = (
         f"p50 {p50} s (max {f['seconds_to_first_new_run_admitted_max']} s) over {len(f['trials'])} trials; "
         f"{f['lost_runs']} lost; {f['runs_with_duplicate_terminal_events']} with duplicate terminal events"
     )
-    return _row(target, goal, measured, met)
+    return _row(target, goal, text, met)
 
 
 def writes_target(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -116,13 +133,13 @@ def writes_target(results: Mapping[str, Any]) -> dict[str, Any]:
     goal = f"≤ {WRITES_PER_RUN_GOAL:g} (and 0 heartbeat writes during a 60 s run)"
     parts: list[str] = []
     verdicts: list[bool | None] = []
-    if burst:
+    if burst and burst["summary"]["writes_per_run"]["median"] is not None:
         writes = burst["summary"]["writes_per_run"]
         parts.append(f"{_spread_text(writes)} per run at {size} runs")
         verdicts.append(writes["median"] is not None and writes["median"] <= WRITES_PER_RUN_GOAL)
     else:
         verdicts.append(None)
-    if beat:
+    if has_figures(beat):
         heartbeats = beat["writes_beyond_zero_delay_run"] - beat["of_which_progress"]
         parts.append(f"{heartbeats} heartbeat writes during a {beat['run_seconds']:g} s run")
         verdicts.append(heartbeats <= 0)
@@ -138,7 +155,7 @@ def low_load_target(results: Mapping[str, Any]) -> dict[str, Any]:
     target = "low-load p50 create→Succeeded"
     ours = (low.get("operator") or {}).get("summary", {}).get("create_to_succeeded.p50_ms")
     baseline = low.get("baseline") or {}
-    if not ours:
+    if not ours or ours["median"] is None:
         return _row(target, goal, "-", None)
     measured = f"{_spread_text(ours)} ms"
     if "summary" not in baseline:
@@ -182,6 +199,9 @@ def burst_table(results: Mapping[str, Any]) -> list[str]:
                 f"| {_spread_text(s['cpu_ms_per_run'])} |"
             )
     for size, row in (results.get("naive") or {}).items():
+        if not has_figures(row):
+            lines.append(f"| naive kopf | {size} | 1 | {why_not(row)} | | | | | | |")
+            continue
         running, done = row["create_to_running"], row["create_to_succeeded"]
         lines.append(
             f"| naive kopf | {size} | 1 | {row['runs_per_second']} | {_pct(row.get('ratio_vs_floor_median'))} "
@@ -197,7 +217,7 @@ def scenario_lines(results: Mapping[str, Any]) -> list[str]:
     if low:
         ours = low["operator"]["summary"]
         line = (
-            f"- Low load ({low['operator']['trials'][0]['runs']} runs one at a time, {len(low['operator']['trials'])} "
+            f"- Low load ({results['settings']['low_load_runs']} runs one at a time, {len(low['operator']['trials'])} "
             f"trials): create→Running p50 {_spread_text(ours['create_to_running.p50_ms'])} ms, "
             f"create→Succeeded p50 {_spread_text(ours['create_to_succeeded.p50_ms'])} ms, "
             f"p95 {_spread_text(ours['create_to_succeeded.p95_ms'])} ms"
@@ -211,20 +231,26 @@ def scenario_lines(results: Mapping[str, Any]) -> list[str]:
             )
         lines.append(line + ".")
     c = results.get("concurrency")
-    if c:
+    if c is not None and not has_figures(c):
+        lines.append(f"- Concurrency: {why_not(c)}.")
+    elif c:
         lines.append(
             f"- Concurrency: {c['runs']} runs of {c['delay_seconds']:g} s at a cap of {c['cap']}: "
             f"{c['wall_seconds']} s (ideal {c['ideal_seconds']:g} s)."
         )
     r = results.get("restart")
-    if r:
+    if r is not None and not has_figures(r):
+        lines.append(f"- Restart: {why_not(r)}.")
+    elif r:
         lines.append(
             f"- Restart over {r['finished_runs']:,} finished runs: ready in {r['seconds_to_ready']} s, "
             f"first new run done at {r['seconds_to_first_new_run_done']} s, "
             f"{r['writes_to_finished_runs']} writes to finished runs, RSS {r['operator_rss_mb']} MB."
         )
     m = results.get("memory")
-    if m:
+    if m is not None and (not has_figures(m["without_finished"]) or not has_figures(m["with_finished"])):
+        lines.append(f"- Memory: {why_not(m['without_finished'])}; {why_not(m['with_finished'])}.")
+    elif m:
         none, many = m["without_finished"], m["with_finished"]
         lines.append(
             f"- Memory with {many['active_runs']} active runs: RSS {none['rss_with_active_mb']} MB over 0 finished "
@@ -232,7 +258,9 @@ def scenario_lines(results: Mapping[str, Any]) -> list[str]:
             f"{none['rss_at_ready_mb']} and {many['rss_at_ready_mb']} MB); seeding took {m['seed_seconds']} s."
         )
     h = results.get("heartbeat")
-    if h:
+    if h is not None and not has_figures(h):
+        lines.append(f"- Heartbeat: {why_not(h)}.")
+    elif h:
         lines.append(
             f"- A {h['run_seconds']:g} s run: {h['writes_to_long_run']} writes, against "
             f"{h['writes_to_zero_delay_run']} for a zero-delay run; "
@@ -241,8 +269,8 @@ def scenario_lines(results: Mapping[str, Any]) -> list[str]:
         )
     f = results.get("failover")
     if f:
-        if "skipped" in f:
-            lines.append(f"- Failover: {f['skipped']}.")
+        if not has_figures(f):
+            lines.append(f"- Failover: {why_not(f)}.")
         else:
             lines.append(
                 f"- Failover over {len(f['trials'])} trials ({f['in_flight_per_trial']} runs in flight at each kill): "
@@ -251,7 +279,9 @@ def scenario_lines(results: Mapping[str, Any]) -> list[str]:
                 f"{f['lost_runs']} lost, {f['runs_with_duplicate_terminal_events']} with duplicate terminal events."
             )
     e = results.get("expiry")
-    if e:
+    if e is not None and not has_figures(e):
+        lines.append(f"- Expiry: {why_not(e)}.")
+    elif e:
         lines.append(
             f"- Expiry: {e['expired_runs']} runs past their time to live deleted in {e['seconds_to_delete_all']} s "
             f"({e['deletions_per_second']}/s) while {e['new_runs_meanwhile']} new runs, one at a time, took "

@@ -88,8 +88,12 @@ def summarised(results: list[dict[str, Any]], figures: tuple[str, ...]) -> dict[
 
 
 async def step(name: str, coroutine: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """One scenario or trial; a failure is recorded in its place so the others still run."""
     print(f"bench: {name} ...", flush=True)
-    result = await coroutine
+    try:
+        result = await coroutine
+    except Exception as error:  # any failure of the scenario: the report says it was not measured, and why
+        result = {"error": f"{type(error).__name__}: {error}"[:2000]}
     print(f"bench: {name}: {json.dumps(result)}", flush=True)
     return result
 
@@ -181,6 +185,7 @@ async def main_async(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
         async with client.ApiClient(configuration) as api:
             audit = observe.AuditLog(cluster.audit_log, (localcluster.OPERATOR_USER,))
             bench = harness.Bench(cluster, workdir, api, client.CustomObjectsApi(api), audit)
+            harness.grant_leases(cluster)
             results: dict[str, Any] = {
                 "machine": {
                     "cpus": os.cpu_count(),
