@@ -29,13 +29,13 @@ def _pct(value: float | None) -> str:
 
 
 def _spread_text(figure: Mapping[str, float | None], fmt: str = "{:g}") -> str:
-    """ "median [min-max]", or just the value when every trial gave the same."""
+    """ "median [min, max]", or just the value when every trial gave the same."""
     median, low, high = figure.get("median"), figure.get("min"), figure.get("max")
     if median is None:
         return "-"
     if low == high:
         return fmt.format(median)
-    return f"{fmt.format(median)} [{fmt.format(low)}-{fmt.format(high)}]"
+    return f"{fmt.format(median)} [{fmt.format(low)}, {fmt.format(high)}]"
 
 
 def has_figures(section: Any) -> TypeGuard[Mapping[str, Any]]:
@@ -66,7 +66,7 @@ def throughput_target(results: Mapping[str, Any]) -> dict[str, Any]:
         if not ratio or ratio["median"] is None:
             verdicts.append(None)
             continue
-        parts.append(f"{size}: {_pct(ratio['median'])} [{_pct(ratio['min'])}-{_pct(ratio['max'])}]")
+        parts.append(f"{size}: {_pct(ratio['median'])} [{_pct(ratio['min'])}, {_pct(ratio['max'])}]")
         verdicts.append(ratio["median"] >= THROUGHPUT_GOAL)
     met = None if None in verdicts or not verdicts else all(verdicts)
     sizes_text = " and ".join(f"{size:,}" for size in sizes)
@@ -158,8 +158,8 @@ def low_load_target(results: Mapping[str, Any]) -> dict[str, Any]:
     if not ours or ours["median"] is None:
         return _row(target, goal, "-", None)
     measured = f"{_spread_text(ours)} ms"
-    if "summary" not in baseline:
-        return _row(target, goal, f"{measured}; main: {baseline.get('skipped', 'not run')}", None)
+    if not has_figures(baseline):
+        return _row(target, goal, f"{measured}; main: {why_not(baseline)}", None)
     theirs = baseline["summary"]["create_to_succeeded.p50_ms"]
     measured += f"; main ({baseline['commit'][:9]}): {_spread_text(theirs)} ms"
     met = ours["median"] is not None and theirs["median"] is not None
@@ -223,7 +223,9 @@ def scenario_lines(results: Mapping[str, Any]) -> list[str]:
             f"p95 {_spread_text(ours['create_to_succeeded.p95_ms'])} ms"
         )
         baseline = low.get("baseline") or {}
-        if "summary" in baseline:
+        if not has_figures(baseline):
+            line += f"; main: {why_not(baseline)}"
+        else:
             theirs = baseline["summary"]
             line += (
                 f"; main ({baseline['commit'][:9]}): create→Succeeded p50 "

@@ -158,6 +158,8 @@ async def low_load_against_baseline(
     result: dict[str, Any] = {"operator": summarised(ours, LOW_LOAD_FIGURES)}
     if isinstance(baseline, str):
         result["baseline"] = {"ref": ref, "skipped": baseline}
+    elif all("error" in trial for trial in theirs):
+        result["baseline"] = {"ref": ref, "commit": baseline[1], "error": theirs[0]["error"]}
     else:
         result["baseline"] = {"ref": ref, "commit": baseline[1], **summarised(theirs, LOW_LOAD_FIGURES)}
     return result
