@@ -25,6 +25,7 @@ from typing import Any
 from kubernetes_asyncio import client, watch
 
 import observe
+from agentrun.api import models
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "hack"))
@@ -356,7 +357,9 @@ class Bench:
     async def seed_finished(self, namespace: str, count: int, **spec: Any) -> float:
         """``count`` runs that finished long ago, written straight to the API server; returns seconds taken.
 
-        They are written as the admin, so the audit log does not count them as operator writes.
+        They are written as the admin, so the audit log does not count them as operator writes,
+        and look as the operator leaves a run it let go of: finished, no finalizer, labelled
+        ``agentrun.dev/finished``.
         """
         status = manifests.finished_status()
         semaphore = asyncio.Semaphore(CREATE_CONCURRENCY)
@@ -364,6 +367,7 @@ class Bench:
         async def seed(i: int) -> None:
             async with semaphore:
                 manifest = echo_run(f"done-{i}")
+                manifest["metadata"]["labels"] = {models.FINISHED_LABEL: "true"}
                 manifest["spec"].update(spec)
                 await self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
                 await self.custom.patch_namespaced_custom_object_status(
