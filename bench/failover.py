@@ -16,6 +16,7 @@ reports itself as not available instead of measuring two competing operators.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import statistics
@@ -105,7 +106,9 @@ async def trial(
         "seconds_to_first_new_run_admitted": took,
         "admitted_by_standby": admitted is not None and admitted.instance == standby.instance,
         "lost_runs": len(lost),
-        "phases": {name: (s.phase if (s := observer.latest(name)) else None) for name in names},
+        "in_flight_phases": dict(
+            collections.Counter(str(s.phase) if (s := observer.latest(name)) else "unseen" for name in names)
+        ),
     }
 
 

@@ -36,7 +36,6 @@ class Write:
     verb: str
     resource: str  # with its subresource: "agentruns/status"
     code: int
-    received: str  # requestReceivedTimestamp, RFC 3339 with microseconds
 
     @property
     def key(self) -> str:
@@ -82,7 +81,6 @@ class AuditLog:
                 verb=entry["verb"],
                 resource=resource,
                 code=int(entry["responseStatus"]["code"]),
-                received=entry.get("requestReceivedTimestamp", ""),
             )
             self._by_namespace[write.namespace].append(write)
 

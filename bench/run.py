@@ -177,6 +177,19 @@ async def memory(bench: harness.Bench, plan: Plan, finished_namespace: str, seed
     return {"without_finished": without, "with_finished": with_finished, "seed_seconds": seed_seconds}
 
 
+async def naive_against_floor(bench: harness.Bench, plan: Plan, results: dict[str, Any]) -> dict[str, Any]:
+    """One burst of the naive kopf operator, set against the median floor of the same size."""
+    naive = await step(
+        f"naive kopf operator {plan.naive_size}",
+        bench.burst("naive", plan.naive_size, lambda ns: harness.naive_operator(bench, ns), localcluster.OPERATOR_USER),
+    )
+    floor = (results.get("burst") or {}).get(str(plan.naive_size), {}).get("floor")
+    floor_median = floor["summary"]["runs_per_second"]["median"] if floor else None
+    if "error" not in naive and floor_median:
+        naive["ratio_vs_floor_median"] = round(naive["runs_per_second"] / floor_median, 3)
+    return naive
+
+
 async def nothing() -> None:
     return None
 
@@ -216,21 +229,7 @@ async def main_async(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
                     str(size): await interleaved_bursts(bench, size, plan.trials) for size in plan.burst_sizes
                 }
             if "naive" in selected:
-                naive = await step(
-                    f"naive kopf operator {plan.naive_size}",
-                    bench.burst(
-                        "naive",
-                        plan.naive_size,
-                        lambda ns: harness.naive_operator(bench, ns),
-                        localcluster.OPERATOR_USER,
-                    ),
-                )
-                floor = (results.get("burst") or {}).get(str(plan.naive_size), {}).get("floor")
-                if floor:
-                    naive["ratio_vs_floor_median"] = round(
-                        naive["runs_per_second"] / floor["summary"]["runs_per_second"]["median"], 3
-                    )
-                results["naive"] = {str(plan.naive_size): naive}
+                results["naive"] = {str(plan.naive_size): await naive_against_floor(bench, plan, results)}
             if "concurrency" in selected:
                 results["concurrency"] = await step("concurrency", bench.concurrency(*plan.concurrency))
             # The heartbeat run counts writes, which the API server's load does not change: the
