@@ -43,6 +43,8 @@ ROOT = HERE.parent
 CRD_DIR = ROOT / "crds"
 REQUIRED = ("kube-apiserver", "etcd", "kubectl")
 OPERATOR_USER = "agentrun-operator-under-test"
+LEASE_ROLE = f"{OPERATOR_USER}-leases-in-every-namespace"
+"""The chart's leader-election rules, bound cluster-wide: each test's operators elect in its own namespace."""
 
 
 class ControlPlaneError(RuntimeError):
@@ -181,10 +183,13 @@ class LocalCluster:
         )
 
     def grant_operator_chart_rbac(self, timeout: float = 30.0) -> None:
-        """Bind the operator identity to the ClusterRole the Helm chart renders, and nothing else.
+        """Bind the operator identity to the roles the Helm chart renders, and nothing else.
 
         Operators under test then run with exactly the chart's cluster-scope permissions, so a
-        call the chart does not grant fails here as it would in a real installation.
+        call the chart does not grant fails here as it would in a real installation. The
+        chart's leader-election Role grants Leases in the release namespace only; operators
+        under test elect in their first watched namespace (each test has its own), so its
+        rules are bound cluster-wide here, as ClusterRole ``LEASE_ROLE``.
         """
         if self.binaries.helm is None:
             raise ControlPlaneError("helm is required to render the chart's RBAC for the operator under test")
@@ -199,11 +204,25 @@ class LocalCluster:
         if rendered.returncode != 0:
             raise ControlPlaneError(f"helm template of the chart's RBAC failed: {rendered.stderr.strip()}")
         objects = {obj["kind"]: obj for obj in yaml.safe_load_all(rendered.stdout) if obj}
+        subjects = [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": OPERATOR_USER}]
         role, binding = objects["ClusterRole"], objects["ClusterRoleBinding"]
-        binding["subjects"] = [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": OPERATOR_USER}]
-        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([role, binding]))
+        binding["subjects"] = subjects
+        lease_role = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": LEASE_ROLE, "labels": objects["Role"]["metadata"]["labels"]},
+            "rules": objects["Role"]["rules"],
+        }
+        lease_binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": LEASE_ROLE, "labels": objects["RoleBinding"]["metadata"]["labels"]},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": LEASE_ROLE},
+            "subjects": subjects,
+        }
+        self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump_all([role, binding, lease_role, lease_binding]))
         # RBAC reaches the authorizer through informers: wait until every rule is in force.
-        for rule in role["rules"]:
+        for rule in [*role["rules"], *lease_role["rules"]]:
             for group in rule["apiGroups"]:
                 for resource in rule["resources"]:
                     kind, _, subresource = resource.partition("/")

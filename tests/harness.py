@@ -184,7 +184,7 @@ agent_run = manifests.agent_run
 echo_run = manifests.echo_run
 
 
-TEST_LEASE = {"lease_duration_seconds": 6, "lease_renew_deadline_seconds": 4, "lease_retry_period_seconds": 1}
+TEST_LEASE = {"lease_duration_seconds": 8, "lease_renew_deadline_seconds": 6, "lease_retry_period_seconds": 1}
 
 
 class OperatorProcess(processes.OperatorProcess):

@@ -95,7 +95,7 @@ def build_registry() -> kopf.OperatorRegistry:
             supervisor=context.supervisor,
         )
         context.elector = lease.LeaderElector(
-            context.connection.api,
+            context.connection.election_api,
             namespace=context.settings.lease_namespace,
             name=context.settings.lease_name,
             identity=context.settings.instance,
@@ -124,6 +124,7 @@ def build_registry() -> kopf.OperatorRegistry:
         context: OperatorContext = memo["context"]
         if context.reconciler is not None:
             await context.reconciler.drain(context.settings.shutdown_grace_seconds)
+            await context.reconciler.close()  # nothing is decided after the drain: the next leader does it
         if context.elector is not None:
             await context.elector.release()  # after the drain: a standby takes over at once
         await context.supervisor.close()

@@ -23,6 +23,11 @@ EXPECTED_RULES = [
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
+# Leader election (agentrun.kube.lease), granted in the release namespace only.
+EXPECTED_LEASE_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+]
+LEASE_ROLE_SUFFIX = "-leader-election"
 
 
 class Helm:
@@ -86,3 +91,14 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     [found] = by_kind(objects, kind)
     return found
+
+
+def lease_role(objects: list[dict[str, Any]], kind: str = "Role") -> dict[str, Any]:
+    """The leader-election Role (or its RoleBinding) of a render."""
+    [found] = [obj for obj in by_kind(objects, kind) if obj["metadata"]["name"].endswith(LEASE_ROLE_SUFFIX)]
+    return found
+
+
+def run_roles(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The Roles (or RoleBindings) that grant the run rules, one per watched namespace."""
+    return [obj for obj in by_kind(objects, kind) if not obj["metadata"]["name"].endswith(LEASE_ROLE_SUFFIX)]

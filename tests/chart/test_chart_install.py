@@ -1,8 +1,9 @@
 """`helm install` into the real API server, then the operator under the chart's ServiceAccount token.
 
-The release is namespaced: a Role and RoleBinding in each of two watched namespaces and
-nothing cluster-wide. The operator process authenticates with a token of the release's
-ServiceAccount (TokenRequest API), so what it can do is exactly what the chart grants.
+The release is namespaced: a Role and RoleBinding in each of two watched namespaces, one
+for leader election in the release namespace, and nothing cluster-wide. The operator
+process authenticates with a token of the release's ServiceAccount (TokenRequest API), so
+what it can do is exactly what the chart grants.
 
 The session applied the CRD from crds/ before this module; the release adopts it (Helm's
 ownership label and annotations), installs it with crds.install=true, and leaves it behind
@@ -121,6 +122,8 @@ def operator_as_release(
             release.namespace, release.service_account, tmp_path / f"sa-{len(started)}.kubeconfig"
         )
         process.env["KUBECONFIG"] = str(kubeconfig)
+        # As the Downward API tells the Pod: the Lease is in the release namespace, where the chart grants it.
+        process.env["POD_NAMESPACE"] = release.namespace
         started.append(process)
         return process.start()
 
@@ -172,6 +175,12 @@ def test_install_creates_namespaced_rbac_and_adopts_the_crd(cluster: harness.Clu
             {"kind": "ServiceAccount", "name": release.service_account, "namespace": release.namespace}
         ]
     assert cluster.get("serviceaccount", release.service_account, release.namespace) is not None
+    lease_binding = cluster.get("rolebinding", f"{RELEASE}-leader-election", release.namespace)
+    assert lease_binding is not None
+    assert lease_binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": release.service_account, "namespace": release.namespace}
+    ]
+    assert cluster.get("poddisruptionbudget", RELEASE, release.namespace) is not None
     assert cluster.get("deployment", RELEASE, release.namespace) is not None
     assert cluster.get("service", f"{RELEASE}-metrics", release.namespace) is not None
     assert cluster.kubectl("get", "clusterrole", RELEASE, check=False).returncode != 0
@@ -221,11 +230,25 @@ DENIED = [
     ("get", "leases.coordination.k8s.io"),
     ("create", "events.events.k8s.io"),
 ]
+# Leader election: in the release namespace only.
+LEASE_ALLOWED = [
+    ("get", "leases.coordination.k8s.io"),
+    ("create", "leases.coordination.k8s.io"),
+    ("update", "leases.coordination.k8s.io"),
+]
+LEASE_DENIED = [
+    ("list", "leases.coordination.k8s.io"),
+    ("watch", "leases.coordination.k8s.io"),
+    ("patch", "leases.coordination.k8s.io"),
+    ("delete", "leases.coordination.k8s.io"),
+]
 CLUSTER_DENIED = [
     ("list", "namespaces"),
     ("list", "customresourcedefinitions.apiextensions.k8s.io"),
     ("list", "agentruns.agentrun.dev"),
     ("get", "secrets"),
+    ("get", "leases.coordination.k8s.io"),
+    ("update", "leases.coordination.k8s.io"),
 ]
 
 
@@ -236,9 +259,16 @@ def test_service_account_may_do_exactly_what_the_rules_say(cluster: harness.Clus
         assert not can_i(cluster, release, verb, resource, release.runs), f"{verb} {resource} should be denied"
     for verb, resource in CLUSTER_DENIED:
         assert not can_i(cluster, release, verb, resource, None), f"cluster-wide {verb} {resource}"
-    # Namespaces that are not watched, the release's own included, grant nothing.
+    # Namespaces that are not watched, the release's own included, grant nothing on runs.
     for verb, resource in ALLOWED:
         assert not can_i(cluster, release, verb, resource, release.namespace), f"{verb} {resource} outside"
+    # The operator may hold its Lease in its own namespace, and write Leases nowhere else.
+    for verb, resource in LEASE_ALLOWED:
+        assert can_i(cluster, release, verb, resource, release.namespace), f"{verb} {resource} in its namespace"
+        for elsewhere in (release.runs, release.denied):
+            assert not can_i(cluster, release, verb, resource, elsewhere), f"{verb} {resource} in {elsewhere}"
+    for verb, resource in LEASE_DENIED:
+        assert not can_i(cluster, release, verb, resource, release.namespace), f"{verb} {resource}"
 
 
 def test_operator_runs_agentruns_under_exactly_the_chart_rbac(
@@ -316,7 +346,10 @@ def test_operator_runs_agentruns_under_exactly_the_chart_rbac(
             ("patch", "agentruns", "status"),
             ("create", "secrets", ""),
             ("create", "events", ""),
+            ("create", "leases", ""),  # the leader's Lease, in the release namespace
         } <= kinds
+        lease_writes = {e["objectRef"].get("namespace") for e in writes if e["objectRef"]["resource"] == "leases"}
+        assert lease_writes == {release.namespace}
 
 
 def test_missing_permission_is_reported_not_silent(
@@ -405,6 +438,8 @@ def test_uninstall_keeps_the_crd_and_the_runs(cluster: harness.Cluster, helm: he
         ("service", f"{RELEASE}-metrics", release.namespace),
         ("role", RELEASE, release.runs),
         ("rolebinding", RELEASE, release.denied),
+        ("role", f"{RELEASE}-leader-election", release.namespace),
+        ("poddisruptionbudget", RELEASE, release.namespace),
         ("validatingadmissionpolicy", POLICY, ""),
         ("validatingadmissionpolicybinding", POLICY, ""),
     ):

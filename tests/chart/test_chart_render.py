@@ -48,6 +48,9 @@ def test_default_render_is_cluster_scoped(helm: helmchart.Helm) -> None:
         "CustomResourceDefinition",
         "CustomResourceDefinition",
         "Deployment",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
         "Service",
         "ServiceAccount",
         "ValidatingAdmissionPolicy",
@@ -63,6 +66,17 @@ def test_default_render_is_cluster_scoped(helm: helmchart.Helm) -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["name"], "namespace": "agentrun-system"}]
     assert account["name"] == "agentrun-operator"
     assert env_values(objects)["AGENTRUN_NAMESPACES"] == ""
+    # Leases only in the release namespace, never cluster-wide.
+    lease_role = helmchart.lease_role(objects)
+    assert lease_role["metadata"]["namespace"] == "agentrun-system"
+    lease_binding = helmchart.lease_role(objects, "RoleBinding")
+    assert lease_binding["metadata"]["namespace"] == "agentrun-system"
+    assert lease_binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": lease_role["metadata"]["name"],
+    }
+    assert lease_binding["subjects"] == binding["subjects"]
     for obj in objects:
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/managed-by"] == "Helm", obj["kind"]
@@ -74,8 +88,8 @@ def test_namespaced_render_has_a_role_and_binding_per_watched_namespace(helm: he
     objects = helm.render(NAMESPACED, namespace="agentrun-system")
     assert not helmchart.by_kind(objects, "ClusterRole")
     assert not helmchart.by_kind(objects, "ClusterRoleBinding")
-    roles = {role["metadata"]["namespace"]: role for role in helmchart.by_kind(objects, "Role")}
-    bindings = {binding["metadata"]["namespace"]: binding for binding in helmchart.by_kind(objects, "RoleBinding")}
+    roles = {role["metadata"]["namespace"]: role for role in helmchart.run_roles(objects, "Role")}
+    bindings = {binding["metadata"]["namespace"]: binding for binding in helmchart.run_roles(objects, "RoleBinding")}
     assert sorted(roles) == sorted(bindings) == ["a", "b"]
     account = helmchart.one(objects, "ServiceAccount")["metadata"]["name"]
     for namespace, binding in bindings.items():
@@ -84,16 +98,25 @@ def test_namespaced_render_has_a_role_and_binding_per_watched_namespace(helm: he
         # The operator runs in the release namespace and is granted rights in the watched ones only.
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": "agentrun-system"}]
     assert env_values(objects)["AGENTRUN_NAMESPACES"] == "a,b"
+    # The Lease is in the release namespace, whatever is watched.
+    assert helmchart.lease_role(objects)["metadata"]["namespace"] == "agentrun-system"
+    assert helmchart.lease_role(objects, "RoleBinding")["subjects"] == [
+        {"kind": "ServiceAccount", "name": account, "namespace": "agentrun-system"}
+    ]
 
 
 @pytest.mark.parametrize(("values", "kind"), [(None, "ClusterRole"), (NAMESPACED, "Role")], ids=["cluster", "ns"])
 def test_rbac_rules_are_exactly_the_calls_the_operator_makes(
     helm: helmchart.Helm, values: dict[str, Any] | None, kind: str
 ) -> None:
-    roles = helmchart.by_kind(helm.render(values), kind)
+    objects = helm.render(values)
+    roles = helmchart.run_roles(objects, kind)
     assert roles
     for role in roles:
         assert role["rules"] == helmchart.EXPECTED_RULES
+    lease_role = helmchart.lease_role(objects)
+    assert lease_role["rules"] == helmchart.EXPECTED_LEASE_RULES
+    for role in [*roles, lease_role]:
         for rule in role["rules"]:
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
             assert rule.keys() == {"apiGroups", "resources", "verbs"}
@@ -104,7 +127,8 @@ def test_every_rbac_rule_carries_a_comment_saying_why(helm: helmchart.Helm) -> N
     text = helm.run(*args, "--show-only", "templates/rbac.yaml").stdout
     lines = text.splitlines()
     rule_starts = [index for index, line in enumerate(lines) if line.lstrip().startswith("- apiGroups:")]
-    assert len(rule_starts) == 2 * len(helmchart.EXPECTED_RULES)  # two Roles
+    # Two Roles for the watched namespaces, one for leader election.
+    assert len(rule_starts) == 2 * len(helmchart.EXPECTED_RULES) + len(helmchart.EXPECTED_LEASE_RULES)
     for index in rule_starts:
         assert lines[index - 1].lstrip().startswith("# "), f"rule without a comment: {lines[index]}"
 
@@ -114,13 +138,27 @@ def test_rbac_create_false_renders_no_grant(helm: helmchart.Helm) -> None:
     assert not {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} & {obj["kind"] for obj in objects}
 
 
-def test_deployment_is_single_restricted_and_probed(helm: helmchart.Helm) -> None:
+def test_deployment_is_replicated_restricted_and_probed(helm: helmchart.Helm) -> None:
     objects = helm.render()
     deployment = helmchart.one(objects, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # A leader and a standby; a rollout starts a new Pod, Ready as a standby, before it stops an old one.
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
     pod = spec["template"]["spec"]
+    assert pod["affinity"] == {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": spec["selector"]["matchLabels"]},
+                    },
+                }
+            ]
+        }
+    }
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 65532
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -146,7 +184,46 @@ def test_deployment_is_single_restricted_and_probed(helm: helmchart.Helm) -> Non
     assert "emptyDir" in volume
     env = {item["name"]: item for item in operator["env"]}
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["AGENTRUN_LOG_FORMAT"]["value"] == "json"
+    readiness = operator["readinessProbe"]["httpGet"]
+    assert (readiness["path"], readiness["port"]) == ("/readyz", "healthz")
+
+
+def test_a_user_affinity_replaces_the_default_spread(helm: helmchart.Helm) -> None:
+    mine = {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 1, "preference": {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["ops"]}]}}
+    ]}}  # fmt: skip
+    pod = helmchart.one(helm.render({"affinity": mine}), "Deployment")["spec"]["template"]["spec"]
+    assert pod["affinity"] == mine
+
+
+@pytest.mark.parametrize(
+    ("values", "budget"),
+    [
+        (None, True),
+        ({"replicas": 3}, True),
+        ({"replicas": 1}, False),
+        ({"podDisruptionBudget": {"enabled": False}}, False),
+    ],
+    ids=["default", "three", "single", "disabled"],
+)
+def test_pod_disruption_budget_lets_one_pod_go_at_a_time(
+    helm: helmchart.Helm, values: dict[str, Any] | None, budget: bool
+) -> None:
+    objects = helm.render(values)
+    budgets = helmchart.by_kind(objects, "PodDisruptionBudget")
+    if not budget:
+        assert not budgets
+        return
+    [pdb] = budgets
+    assert pdb["apiVersion"] == "policy/v1"
+    assert pdb["metadata"]["namespace"] == "agentrun-system"
+    # maxUnavailable, not minAvailable: one eviction at a time at any replica count.
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": helmchart.one(objects, "Deployment")["spec"]["selector"]["matchLabels"]},
+    }
 
 
 @pytest.mark.parametrize("grace", [15, 12.5, 20, 0.5, 1])
@@ -162,7 +239,7 @@ def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> sett
     import os
 
     for name in list(os.environ):
-        if name.startswith("AGENTRUN_") or name == "POD_NAME":
+        if name.startswith("AGENTRUN_") or name in ("POD_NAME", "POD_NAMESPACE"):
             monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -170,17 +247,21 @@ def _settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> sett
 
 
 def test_default_env_parses_to_the_operator_defaults(helm: helmchart.Helm, monkeypatch: pytest.MonkeyPatch) -> None:
-    env = env_values(helm.render())
-    parsed = _settings_from({**env, "POD_NAME": "agentrun-operator-7d9c-abcde"}, monkeypatch)
+    env = env_values(helm.render(release="agentrun-operator"))
+    downward = {"POD_NAME": "agentrun-operator-7d9c-abcde", "POD_NAMESPACE": "agentrun-system"}
+    parsed = _settings_from({**env, **downward}, monkeypatch)
     defaults = settings_module.Settings(instance="agentrun-operator-7d9c-abcde")
     assert parsed == defaults
     assert parsed.instance == "agentrun-operator-7d9c-abcde"
+    # The Lease is the release's, in the operator's own namespace (where the chart's Role allows it).
+    assert (parsed.lease_namespace, parsed.lease_name) == ("agentrun-system", "agentrun-operator")
 
 
 def test_every_operator_setting_has_a_chart_value(helm: helmchart.Helm) -> None:
     env = env_values(helm.render())
-    # `instance` comes from POD_NAME (downward API), the rest from chart values.
-    expected = {f"AGENTRUN_{name.upper()}" for name in settings_module.Settings.model_fields if name != "instance"}
+    # `instance` and `lease_namespace` come from POD_NAME and POD_NAMESPACE (downward API), the rest from the chart.
+    downward = {"instance", "lease_namespace"}
+    expected = {f"AGENTRUN_{name.upper()}" for name in settings_module.Settings.model_fields if name not in downward}
     assert set(env) == expected
 
 
@@ -194,8 +275,7 @@ def test_custom_values_reach_the_operator(helm: helmchart.Helm, monkeypatch: pyt
             "eventRingSize": 20,
             "statusBudgetBytes": 1048576,
             "progressIntervalSeconds": 0.5,
-            "heartbeatIntervalSeconds": 5,
-            "heartbeatTimeoutSeconds": 11,
+            "resyncIntervalSeconds": 7.5,
             "logLevel": "DEBUG",
             "logFormat": "text",
             "livenessPort": 8181,
@@ -205,9 +285,10 @@ def test_custom_values_reach_the_operator(helm: helmchart.Helm, monkeypatch: pyt
             "ttlSecondsAfterFinished": 86400,
             "maxLimits": {"maxTotalTokens": 50000, "maxToolCalls": 0},
         },
+        "leaderElection": {"leaseDurationSeconds": 6, "renewDeadlineSeconds": 4, "retryPeriodSeconds": 1.5},
         "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
     }
-    objects = helm.render(values)
+    objects = helm.render(values, release="platform")
     env = env_values(objects)
     assert env["HTTPS_PROXY"] == "http://proxy:3128"
     parsed = _settings_from(env, monkeypatch)
@@ -217,7 +298,10 @@ def test_custom_values_reach_the_operator(helm: helmchart.Helm, monkeypatch: pyt
     assert parsed.event_ring_size == 20
     assert parsed.status_budget_bytes == 1048576
     assert parsed.progress_interval_seconds == 0.5
-    assert (parsed.heartbeat_interval_seconds, parsed.heartbeat_timeout_seconds) == (5, 11)
+    assert parsed.resync_interval_seconds == 7.5
+    assert parsed.lease_name == "platform-agentrun-operator"
+    lease = (parsed.lease_duration_seconds, parsed.lease_renew_deadline_seconds, parsed.lease_retry_period_seconds)
+    assert lease == (6, 4, 1.5)
     assert parsed.log_level == "DEBUG"
     assert parsed.log_format is settings_module.LogFormat.TEXT
     assert (parsed.default_timeout_seconds, parsed.api_request_timeout_seconds) == (120, 10)
@@ -263,6 +347,15 @@ def test_crd_toggles(helm: helmchart.Helm) -> None:
         ({"operator": {"shutdownGraceSeconds": 0}}, "/operator/shutdownGraceSeconds"),
         ({"rbac": {"scope": "everything"}}, "/rbac/scope"),
         ({"replicaCount": 2}, "'replicaCount' not allowed"),
+        ({"replicas": 0}, "/replicas"),
+        ({"replicas": 1.5}, "/replicas"),
+        ({"leaderElection": {"leaseDurationSeconds": 1}}, "/leaderElection/leaseDurationSeconds"),
+        ({"leaderElection": {"retryPeriodSeconds": 0}}, "/leaderElection/retryPeriodSeconds"),
+        ({"leaderElection": {"leaseName": "mine"}}, "'leaseName' not allowed"),
+        ({"podDisruptionBudget": {"minAvailable": 1}}, "'minAvailable' not allowed"),
+        ({"operator": {"resyncIntervalSeconds": 0}}, "/operator/resyncIntervalSeconds"),
+        ({"operator": {"heartbeatIntervalSeconds": 15}}, "'heartbeatIntervalSeconds' not allowed"),
+        ({"extraEnv": [{"name": "POD_NAMESPACE", "value": "x"}]}, "/extraEnv/0/name"),
         ({"unknownTopLevel": True}, "'unknownTopLevel' not allowed"),
         ({"operator": {"maxConcurrentRun": 5}}, "'maxConcurrentRun' not allowed"),
         ({"rbac": {"scope": "namespaced"}}, "/watchNamespaces"),
@@ -298,8 +391,12 @@ def test_schema_rejects_bad_values(helm: helmchart.Helm, values: dict[str, Any],
     ("values", "message"),
     [
         (
-            {"operator": {"heartbeatIntervalSeconds": 30, "heartbeatTimeoutSeconds": 60}},
-            "operator.heartbeatTimeoutSeconds must exceed twice operator.heartbeatIntervalSeconds",
+            {"leaderElection": {"leaseDurationSeconds": 10, "renewDeadlineSeconds": 10}},
+            "leaderElection needs leaseDurationSeconds > renewDeadlineSeconds > 1.2 x retryPeriodSeconds",
+        ),
+        (
+            {"leaderElection": {"renewDeadlineSeconds": 6, "retryPeriodSeconds": 5}},
+            "got 15 > 6 > 1.2 x 5",
         ),
         ({"operator": {"metricsPort": 0}}, "metrics.service.enabled needs operator.metricsPort > 0"),
         (
@@ -309,12 +406,39 @@ def test_schema_rejects_bad_values(helm: helmchart.Helm, values: dict[str, Any],
         ({"operator": {"livenessPort": 9090}}, "operator.livenessPort and operator.metricsPort must differ"),
         ({"serviceAccount": {"create": False}}, "serviceAccount.name must name an existing ServiceAccount"),
     ],
-    ids=["heartbeat", "metrics-port", "service-monitor", "ports", "service-account"],
+    ids=["lease-deadline", "lease-retry", "metrics-port", "service-monitor", "ports", "service-account"],
 )
 def test_checks_across_values_fail_with_a_clear_message(
     helm: helmchart.Helm, values: dict[str, Any], message: str
 ) -> None:
     assert message in helm.render_error(values)
+
+
+@pytest.mark.parametrize(
+    "timing",
+    [(15, 10, 2), (6, 4, 1), (3, 2.5, 2), (10, 10, 2), (15, 2.4, 2), (15, 2.5, 2), (4, 5, 1), (300, 299, 248)],
+    ids=str,
+)
+def test_the_chart_accepts_exactly_the_lease_timings_the_operator_accepts(
+    helm: helmchart.Helm, monkeypatch: pytest.MonkeyPatch, timing: tuple[float, float, float]
+) -> None:
+    duration, deadline, retry = timing
+    lease = {"leaseDurationSeconds": duration, "renewDeadlineSeconds": deadline, "retryPeriodSeconds": retry}
+    args = helm.template_args({"leaderElection": lease}, "agentrun-system", "agentrun")
+    chart_accepts = helm.run(*args, check=False).returncode == 0
+    try:
+        _settings_from(
+            {
+                "AGENTRUN_LEASE_DURATION_SECONDS": str(duration),
+                "AGENTRUN_LEASE_RENEW_DEADLINE_SECONDS": str(deadline),
+                "AGENTRUN_LEASE_RETRY_PERIOD_SECONDS": str(retry),
+            },
+            monkeypatch,
+        )
+        operator_accepts = True
+    except ValueError:
+        operator_accepts = False
+    assert chart_accepts is operator_accepts
 
 
 def test_namespaced_without_namespaces_fails_even_without_the_schema(helm: helmchart.Helm) -> None:

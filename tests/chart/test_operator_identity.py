@@ -2,7 +2,9 @@
 
 The local control plane binds ``agentrun-operator-under-test`` to the ClusterRole that
 ``helm template`` renders from the chart, so the integration tier proves that every call
-the operator makes is granted by the chart.
+the operator makes is granted by the chart. The chart's leader-election rules (a Role in
+the release namespace) are bound cluster-wide too, because each test's operators elect in
+that test's own namespace.
 """
 
 from __future__ import annotations
@@ -41,19 +43,24 @@ def test_operator_identity_is_in_no_privileged_group(
     assert review.get("groups") == ["system:authenticated"]
 
 
-def test_operator_identity_is_bound_to_exactly_the_chart_cluster_role(
+def test_operator_identity_is_bound_to_exactly_the_chart_roles(
     cluster: harness.Cluster, local: localcluster.LocalCluster
 ) -> None:
     bindings = json.loads(cluster.kubectl("get", "clusterrolebindings", "-o", "json").stdout)["items"]
     mine = [b for b in bindings if any(s.get("name") == localcluster.OPERATOR_USER for s in b.get("subjects") or [])]
-    [binding] = mine
-    assert binding["subjects"] == [
-        {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": localcluster.OPERATOR_USER}
-    ]
-    assert binding["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"  # rendered by the chart
-    role = cluster.get("clusterrole", binding["roleRef"]["name"], "default")
-    assert role is not None
-    assert role["rules"] == helmchart.EXPECTED_RULES
+    rules = {}
+    for binding in mine:
+        assert binding["subjects"] == [
+            {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": localcluster.OPERATOR_USER}
+        ]
+        assert binding["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"  # rendered by the chart
+        role = cluster.get("clusterrole", binding["roleRef"]["name"], "default")
+        assert role is not None
+        rules[binding["metadata"]["name"]] = role["rules"]
+    assert rules == {
+        localcluster.OPERATOR_USER: helmchart.EXPECTED_RULES,
+        localcluster.LEASE_ROLE: helmchart.EXPECTED_LEASE_RULES,
+    }
     role_bindings = json.loads(cluster.kubectl("get", "rolebindings", "-A", "-o", "json").stdout)["items"]
     assert not [
         b for b in role_bindings if any(s.get("name") == localcluster.OPERATOR_USER for s in b.get("subjects") or [])
@@ -67,6 +74,8 @@ def test_operator_identity_is_bound_to_exactly_the_chart_cluster_role(
         ("patch", "agentruns.agentrun.dev", True),
         ("get", "secrets", True),
         ("create", "events", True),
+        ("update", "leases.coordination.k8s.io", True),
+        ("delete", "leases.coordination.k8s.io", False),
         ("*", "*", False),
         ("delete", "agentruns.agentrun.dev", True),
         ("create", "agentruns.agentrun.dev", False),

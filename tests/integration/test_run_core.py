@@ -36,8 +36,8 @@ def test_admission_survives_kube_apiserver_killed_mid_write(
 ) -> None:
     if cluster.local is None:
         pytest.skip("killing kube-apiserver needs the local control plane, not AGENTRUN_TEST_KUBECONFIG")
-    # Heartbeats far apart: a run stuck Running would stay so for the whole test.
-    start_operator(namespace, heartbeat_interval_seconds=60, heartbeat_timeout_seconds=600)
+    # A Lease that outlasts the restart of kube-apiserver: the same leader sees every run through.
+    start_operator(namespace, lease_duration_seconds=40, lease_renew_deadline_seconds=30)
     count = 30
     manifest = "\n---\n".join(json.dumps(harness.echo_run(f"r{i}", f"turn {i}", delay=2)) for i in range(count))
     cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=manifest)

@@ -169,7 +169,8 @@ def test_status_is_never_rewritten_after_terminal(
 
     labelled = cluster.get("agentrun", "final", namespace)
     assert labelled is not None
-    assert labelled["metadata"]["labels"] == {"touched": "yes"}
+    # The operator's only label: it has finished with the run and no longer watches it.
+    assert labelled["metadata"]["labels"] == {"touched": "yes", "agentrun.dev/finished": "true"}
     assert json.dumps(labelled["status"], sort_keys=True) == json.dumps(first["status"], sort_keys=True)
     if cluster.local is not None:  # the audit log: the four lifecycle writes and nothing after them
         writes = [(w.verb, w.subresource) for w in cluster.operator_writes(namespace) if w.name == "final"]

@@ -93,13 +93,13 @@ def test_seed_rule_the_thread_follows_its_newest_run_across_a_crash(
     cluster: harness.Cluster, namespace: str, start_operator: Callable[..., harness.OperatorProcess]
 ) -> None:
     cluster.apply(thread("chat"), namespace)
-    crashed = start_operator(namespace, heartbeat_interval_seconds=1, heartbeat_timeout_seconds=3)
+    crashed = start_operator(namespace)
     cluster.apply(turn("older", "lost in the crash", delay=60), namespace)
     harness.wait_until(lambda: thread_status(cluster, namespace).get("activeRun") == "older", what="older to hold")
     cluster.apply(turn("newer", "after the crash"), namespace)
     crashed.signal(signal.SIGKILL)
     crashed.wait(timeout=10)
-    start_operator(namespace, heartbeat_interval_seconds=1, heartbeat_timeout_seconds=3)
+    start_operator(namespace)
 
     older = cluster.wait_phase("older", namespace, timeout=60)["status"]
     newer = cluster.wait_phase("newer", namespace, timeout=60)["status"]

@@ -73,12 +73,15 @@ def diagnose(node: Node, namespace: str) -> str:
 
 
 def wait_available(node: Node, namespace: str, deployment: str, timeout: float = 180) -> None:
-    """Wait until the Deployment is Available; fail at once, with the reason, when its container crash-loops."""
+    """Wait until every replica of the Deployment is Ready; fail at once, with the reason, when one crash-loops."""
 
     def available() -> bool:
         body = node.cluster.get("deployment", deployment, namespace) or {}
-        conditions = {c["type"]: c["status"] for c in body.get("status", {}).get("conditions", [])}
-        if conditions.get("Available") == "True" and body["status"].get("readyReplicas") == 1:
+        status = body.get("status", {})
+        conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+        replicas = body.get("spec", {}).get("replicas")
+        ready = status.get("readyReplicas") == status.get("replicas") == status.get("updatedReplicas") == replicas
+        if conditions.get("Available") == "True" and ready:
             return True
         pods = json.loads(node.cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout)["items"]
         restarts = [s["restartCount"] for pod in pods for s in pod.get("status", {}).get("containerStatuses", [])]

@@ -125,8 +125,8 @@ def test_readme_install_section_works_step_for_step(
         )
         outputs.append(result.stdout)
 
-    # What the steps did: the operator Pod runs the image built from the Dockerfile, hello succeeded.
+    # What the steps did: both operator Pods (leader and standby) run the image built from the Dockerfile.
     pods = json.loads(node.cluster.kubectl("get", "pods", "-n", NAMESPACE, "-o", "json").stdout)["items"]
-    assert [pod["spec"]["containers"][0]["image"] for pod in pods] == [README_IMAGE]
+    assert [pod["spec"]["containers"][0]["image"] for pod in pods] == [README_IMAGE] * 2
     assert node.cluster.run_status("hello", "default")["phase"] == "Succeeded"
     assert "run_succeeded" in outputs[-1], outputs[-1]

@@ -74,8 +74,10 @@ Checks across values that the schema cannot express. Included by the Deployment,
 {{- if and (eq .Values.rbac.scope "namespaced") (empty .Values.watchNamespaces) }}
 {{- fail "rbac.scope=namespaced needs watchNamespaces: the Roles are created in those namespaces only (an empty list would watch the whole cluster)" }}
 {{- end }}
-{{- if le (float64 .Values.operator.heartbeatTimeoutSeconds) (mulf .Values.operator.heartbeatIntervalSeconds 2) }}
-{{- fail "operator.heartbeatTimeoutSeconds must exceed twice operator.heartbeatIntervalSeconds" }}
+{{- /* The operator's own rule (agentrun.settings, LEASE_JITTER = 1.2): a leader that cannot renew stops before a standby may take over. */}}
+{{- $lease := .Values.leaderElection }}
+{{- if not (and (gt (float64 $lease.leaseDurationSeconds) (float64 $lease.renewDeadlineSeconds)) (gt (float64 $lease.renewDeadlineSeconds) (mulf $lease.retryPeriodSeconds 1.2))) }}
+{{- fail (printf "leaderElection needs leaseDurationSeconds > renewDeadlineSeconds > 1.2 x retryPeriodSeconds (a leader that cannot renew must stop before a standby takes over), got %v > %v > 1.2 x %v" $lease.leaseDurationSeconds $lease.renewDeadlineSeconds $lease.retryPeriodSeconds) }}
 {{- end }}
 {{- if and .Values.metrics.service.enabled (eq (int .Values.operator.metricsPort) 0) }}
 {{- fail "metrics.service.enabled needs operator.metricsPort > 0 (0 disables the metrics endpoint)" }}

@@ -1,8 +1,11 @@
 {{/*
 The operator's permissions: exactly the API calls it makes, with explicit verbs.
-Nothing for pods, configmaps, leases, namespaces or CRDs: runs execute inside the
-operator process, kopf runs standalone (no peering objects), and the operator does not
-discover CRDs or namespaces at run time. See README.md, "RBAC".
+"agentrun-operator.rules" apply where runs are watched (cluster-wide, or in each watched
+namespace); "agentrun-operator.leaseRules" only in the release namespace, where the
+replicas elect their leader on one Lease. Nothing for pods, configmaps, namespaces or
+CRDs, and no Lease anywhere else: runs execute inside the operator process, kopf runs
+standalone (no peering objects), and the operator does not discover CRDs or namespaces
+at run time. See README.md, "RBAC".
 */}}
 {{- define "agentrun-operator.rules" -}}
 # Watch AgentRuns (kopf list + watch), re-read one before a guarded write (get), add or
@@ -43,4 +46,14 @@ discover CRDs or namespaces at run time. See README.md, "RBAC".
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- end }}
+
+{{- define "agentrun-operator.leaseRules" -}}
+# Leader election (agentrun.kube.lease): every replica reads the Lease to learn who leads
+# (get); the first one creates it (create); the holder renews it and a standby takes it
+# over with a resourceVersion-guarded replace (update). No list or watch: each replica
+# reads the one Lease by name. No delete: the leader releases it by clearing its holder.
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "update"]
 {{- end }}

@@ -33,9 +33,12 @@ class Credentials:
 class Connection:
     api: client.ApiClient
     request_timeout: float
+    election_api: client.ApiClient
+    """Leader election's own connections: a Lease renewal never queues behind a burst of run writes."""
 
     async def close(self) -> None:
         await self.api.close()
+        await self.election_api.close()
 
 
 async def load_configuration() -> client.Configuration:
@@ -52,7 +55,9 @@ async def connect(request_timeout: float) -> Connection:
     """A client for the operator's reads and writes."""
     configuration = await load_configuration()
     configuration.connection_pool_maxsize = CONNECTION_POOL_SIZE
-    return Connection(client.ApiClient(configuration), request_timeout)
+    election = await load_configuration()
+    election.connection_pool_maxsize = 2
+    return Connection(client.ApiClient(configuration), request_timeout, client.ApiClient(election))
 
 
 async def credentials() -> Credentials:

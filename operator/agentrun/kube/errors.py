@@ -41,3 +41,13 @@ def translated(action: str) -> Iterator[None]:
                 raise ports.Unavailable(message) from error
     except (TimeoutError, aiohttp.ClientError, OSError) as error:
         raise ports.Unavailable(f"{action}: {type(error).__name__}: {error}") from error
+
+
+async def checked(response: aiohttp.ClientResponse) -> aiohttp.ClientResponse:
+    """A raw response (``_preload_content=False``) as the generated client would have it: non-2xx raises."""
+    if 200 <= response.status <= 299:
+        return response
+    error = exceptions.ApiException(status=response.status, reason=response.reason)
+    error.body = await response.read()
+    response.release()
+    raise error

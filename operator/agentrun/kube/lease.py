@@ -29,15 +29,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from agentrun import settings
+from agentrun.kube import errors
 
 logger = logging.getLogger(__name__)
 
 JITTER = settings.LEASE_JITTER
 """Retry periods are stretched by up to this factor so that standbys do not poll in step."""
+
+
+TRANSIENT = (ApiException, aiohttp.ClientError, OSError, TimeoutError)
+"""What a Lease request may fail with and be tried again: the API server's answer, or none."""
 
 
 class LeadershipLost(RuntimeError):
@@ -156,7 +162,7 @@ class LeaderElector:
                     logger.info("leading: acquired Lease %s/%s", self.namespace, self.name)
                     return
                 self.attempted.set()
-            except ApiException as error:
+            except TRANSIENT as error:
                 logger.warning("could not read or take Lease %s/%s: %s", self.namespace, self.name, _brief(error))
             await asyncio.sleep(self._jittered())
 
@@ -172,9 +178,8 @@ class LeaderElector:
             except LeadershipLost:
                 self.leading = False
                 raise
-            except (ApiException, TimeoutError) as error:
-                brief = _brief(error) if isinstance(error, ApiException) else "timed out"
-                logger.warning("could not renew Lease %s/%s: %s", self.namespace, self.name, brief)
+            except TRANSIENT as error:
+                logger.warning("could not renew Lease %s/%s: %s", self.namespace, self.name, _brief(error))
                 renewed = False
             if renewed:
                 last_renewal = self._clock()
@@ -197,7 +202,7 @@ class LeaderElector:
             record = Record(None, 1, now, now, Record.from_spec(lease["spec"]).transitions)
             await self._replace(lease, record)
             logger.info("released Lease %s/%s", self.namespace, self.name)
-        except ApiException as error:
+        except TRANSIENT as error:
             logger.warning("could not release Lease %s/%s: %s", self.namespace, self.name, _brief(error))
 
     async def _try_acquire_or_renew(self) -> bool:
@@ -230,9 +235,12 @@ class LeaderElector:
         return True
 
     async def _read(self) -> dict[str, Any] | None:
+        # Without preloading, kubernetes-asyncio hands back error replies instead of raising (errors.checked).
         try:
-            response = await self._leases.read_namespaced_lease(
-                self.name, self.namespace, _request_timeout=self._timeout, _preload_content=False
+            response = await errors.checked(
+                await self._leases.read_namespaced_lease(
+                    self.name, self.namespace, _request_timeout=self._timeout, _preload_content=False
+                )
             )
         except ApiException as error:
             if error.status == 404:
@@ -279,5 +287,7 @@ class LeaderElector:
         return self.timing.retry_period * random.uniform(1.0, JITTER)
 
 
-def _brief(error: ApiException) -> str:
-    return f"{error.status} {error.reason}"
+def _brief(error: BaseException) -> str:
+    if isinstance(error, ApiException):
+        return f"{error.status} {error.reason}"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__

@@ -111,7 +111,7 @@ class RunWatch:
             "_preload_content": False,
         }
         with errors.translated(f"watch AgentRuns in {scope or 'all namespaces'}"):
-            response = await self._call(scope, kwargs, request_timeout=WATCH_SECONDS + 30)
+            response = await errors.checked(await self._call(scope, kwargs, request_timeout=WATCH_SECONDS + 30))
             try:
                 async for event in _lines(response.content):
                     version = self._dispatch(event, version)

@@ -41,7 +41,7 @@ from agentrun.runtime import (
 logger = logging.getLogger(__name__)
 
 RELEASED_MEMORY = 10_000
-"""How many released runs to remember; stale watch copies of them arrive within moments."""
+"""At most this many released runs are remembered until the watch reports them gone (see ``forget``)."""
 
 
 @dataclasses.dataclass
@@ -128,8 +128,11 @@ class Reconciler:
     def forget(self, ref: ports.RunRef) -> None:
         """The object is gone from the API server."""
         self._line.leave(ref)
-        if ref not in self._released:
-            # A run this instance let go leaves the watch once labelled finished; its expiry stays.
+        if ref in self._released:
+            # A run this instance let go has left the watch (labelled finished), and with it the
+            # stale copies the memory guards against; its expiry stays scheduled.
+            del self._released[ref]
+        else:
             self.expiry.forget(ref)
         entry = self._entries.get(ref)
         if entry is not None and not entry.busy:
@@ -235,6 +238,11 @@ class Reconciler:
     def _reconcile(self, entry: Entry) -> None:
         if entry.busy and entry.driver is None:
             entry.dirty = True  # decided again from the newest copy when the action in flight is done
+            return
+        if entry.unrecorded is not None and not self._draining:
+            # This instance knows how the attempt ended: that comes before any judgement of the stored copy
+            # (which still says Running, owned by us, executed by nobody: an orphan, were it not for this).
+            self._start(entry, self._record_unrecorded(entry), what="record the end")
             return
         run = entry.run
         action = decisions.decide(run, self._observed(entry), self.svc.clock())
@@ -350,6 +358,9 @@ class Reconciler:
             self._remember_released(run.ref)
             self._drop(entry)
             self._schedule_expiry(run)
+            return
+        if entry.unrecorded is not None:
+            entry.dirty = False  # the API server failed the write just now: the next notification or resync retries
             return
         if entry.dirty and not self._draining:
             entry.dirty = False
