@@ -267,6 +267,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke check of a few minutes")
     parser.add_argument("--trials", type=int, default=None, help="interleaved trials per burst size (default 3)")
     parser.add_argument(
+        "--sizes",
+        default="",
+        help="comma-separated burst sizes instead of the plan's (the first should fit under the cap of 100)",
+    )
+    parser.add_argument(
         "--only", default="", help=f"comma-separated scenarios to run (default all): {','.join(SCENARIOS)}"
     )
     parser.add_argument(
@@ -281,6 +286,8 @@ def main() -> int:
     plan = QUICK if args.quick else FULL
     if args.trials is not None:
         plan = dataclasses.replace(plan, trials=args.trials)
+    if args.sizes:
+        plan = dataclasses.replace(plan, burst_sizes=tuple(int(size) for size in args.sizes.split(",")))
     began = time.monotonic()
     results = asyncio.run(main_async(args, plan))
     results["seconds"] = round(time.monotonic() - began, 1)
