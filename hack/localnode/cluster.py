@@ -342,10 +342,15 @@ class NodeCluster:
             ],
         )
         self._spawn("dnsmasq", [host.DNSMASQ, *configs.dnsmasq_args(layout)])
+        self._spawn_kubelet()
+        self._spawn("kube-proxy", [str(bin_dir / "kube-proxy"), f"--config={workdir / 'kube-proxy.yaml'}", "--v=1"])
+
+    def _spawn_kubelet(self) -> None:
+        workdir, layout = self.workdir, self.layout
         self._spawn(
             "kubelet",
             [
-                str(bin_dir / "kubelet"),
+                str(self.binaries.bin_dir / "kubelet"),
                 f"--config={workdir / 'kubelet.yaml'}",
                 f"--kubeconfig={workdir / 'kubelet-client.kubeconfig'}",
                 f"--hostname-override={layout.node_name}",
@@ -353,7 +358,18 @@ class NodeCluster:
                 "--v=1",
             ],
         )
-        self._spawn("kube-proxy", [str(bin_dir / "kube-proxy"), f"--config={workdir / 'kube-proxy.yaml'}", "--v=1"])
+
+    def stop_kubelet(self) -> None:
+        """The node stops reporting, as when it is lost; its containers keep running under containerd."""
+        process = self._components.pop("kubelet", None)
+        if process is not None:
+            _terminate(process)
+
+    def start_kubelet(self, *, timeout: float = 120.0) -> None:
+        """The node comes back: the kubelet reports again (and removes containers of Pods deleted meanwhile)."""
+        if "kubelet" not in self._components:
+            self._spawn_kubelet()
+        self._wait_node_ready(timeout)
 
     def _wait_node_ready(self, timeout: float) -> None:
         def ready() -> bool:

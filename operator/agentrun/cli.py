@@ -5,7 +5,8 @@ Subcommands:
 - ``operator``: run the operator (flags and ``AGENTRUN_*`` variables, see ``--help``);
 - ``crd``: print, write or check the generated CustomResourceDefinition;
 - ``events NAME``: print a run's events, optionally following them until the run ends;
-- ``chat THREAD MESSAGE``: take a turn in an AgentThread and print the answer.
+- ``chat THREAD MESSAGE``: take a turn in an AgentThread and print the answer;
+- ``runner``: the entry point of a runner Pod (pod mode).
 """
 
 from __future__ import annotations
@@ -83,8 +84,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     chat_parser.add_argument("-n", "--namespace", default=None, help="namespace (default: the kubeconfig's)")
     chat_parser.add_argument("--agent", default=None, help="the Agent to run (default: the thread's)")
 
+    commands.add_parser(
+        "runner",
+        help="run one attempt inside a runner Pod (the Pod's entry point)",
+        description=(
+            "Run one attempt of an AgentRun from the input the operator mounted, print progress events "
+            "and the result as JSON lines on stdout, and exit. Used as the command of runner Pods."
+        ),
+    )
+
     if argv[:1] == ["operator"]:
         return run_operator(argv[1:])
+    if argv[:1] == ["runner"] and len(argv) == 1:
+        from agentrun.pods import entry  # imported here: the other commands do not need the agent stack
+
+        return entry.run_cli()
     args = parser.parse_args(argv)
     if args.command == "crd":
         return _crd(args.output, args.check)

@@ -24,8 +24,10 @@ import kopf
 from agentrun import health, settings
 from agentrun.api import models
 from agentrun.kube import connection, lease, watch
+from agentrun.kube import pods as kube_pods
 from agentrun.kube import store as kube_store
 from agentrun.layers import registry
+from agentrun.pods import adapter
 from agentrun.runtime import metrics, ports, reconciler, runner, services, supervision, writer
 
 logger = logging.getLogger(__name__)
@@ -84,11 +86,20 @@ def build_registry() -> kopf.OperatorRegistry:
         run_metrics = metrics.Metrics()
         if context.settings.metrics_port:
             metrics.serve(run_metrics, context.settings.metrics_port)
+        tasks = runner.TaskRunner(registry.LayerRegistry.from_entry_points(), api, ceiling=context.settings.max_limits)
+        pod_api = kube_pods.KubePodApi(
+            context.connection.api, api, request_timeout=context.settings.api_request_timeout_seconds
+        )
         svc = services.Services(
             api=api,
             writer=writer.Writer(api, run_metrics),
-            runner=runner.TaskRunner(
-                registry.LayerRegistry.from_entry_points(), api, ceiling=context.settings.max_limits
+            runner=runner.ModeRunner(
+                {
+                    models.RunnerMode.TASK: tasks,
+                    models.RunnerMode.POD: adapter.PodRunner(
+                        tasks, pod_api, adapter.settings_from(context.settings), services.utcnow
+                    ),
+                }
             ),
             settings=context.settings,
             metrics=run_metrics,

@@ -117,6 +117,25 @@ class Settings(pydantic_settings.BaseSettings):
         None,
         description="Ceiling on every run's spec.limits (JSON); a run without a limit gets the ceiling as its limit.",
     )
+    default_runner_mode: models.RunnerMode = pydantic.Field(
+        models.RunnerMode.TASK,
+        description="Where runs execute when spec.runner.mode is unset: `task` (in the operator) or `pod`.",
+    )
+    runner_image: str = pydantic.Field(
+        "",
+        description="Image of runner Pods when a run names none: the operator's own image (the chart sets it).",
+    )
+    runner_image_pull_policy: str = pydantic.Field(
+        "IfNotPresent", description="imagePullPolicy of runner Pods: Always, IfNotPresent or Never."
+    )
+    runner_resources: models.ResourceRequirements | None = pydantic.Field(
+        None, description="CPU and memory of runner Pods when a run sets none (JSON: {requests, limits})."
+    )
+    runner_start_timeout_seconds: float = pydantic.Field(
+        120.0,
+        gt=0,
+        description="How long a runner Pod's image may fail to pull before the run fails with ImageUnavailable.",
+    )
     api_request_timeout_seconds: float = pydantic.Field(
         30.0, gt=0, le=300, description="Timeout of each request to the API server (watches excepted)."
     )

@@ -21,6 +21,8 @@ EXPECTED_RULES = [
     {"apiGroups": ["agentrun.dev"], "resources": ["agentthreads/status"], "verbs": ["patch"]},
     {"apiGroups": ["agentrun.dev"], "resources": ["agentruns/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "patch"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
 # Leader election (agentrun.kube.lease), granted in the release namespace only.

@@ -158,8 +158,9 @@ def shell(cluster: harness.Cluster, script: str) -> subprocess.CompletedProcess[
 def can_i(cluster: harness.Cluster, release: Release, verb: str, resource: str, namespace: str | None) -> bool:
     args = ["auth", "can-i", verb, resource, f"--as={release.user}"]
     args += ["-n", namespace] if namespace else ["--all-namespaces"]
-    if resource.endswith("/status"):
-        args[3:4] = [resource.removesuffix("/status"), "--subresource=status"]
+    if "/" in resource:  # a subresource: status, log, exec, eviction
+        parent, subresource = resource.split("/", 1)
+        args[3:4] = [parent, f"--subresource={subresource}"]
     result = cluster.kubectl(*args, check=False)
     answer = result.stdout.strip()
     assert answer in ("yes", "no"), result.stderr
@@ -214,6 +215,13 @@ ALLOWED = [
     ("create", "secrets"),
     ("patch", "secrets"),
     ("create", "events"),
+    # Pod mode: runner Pods and their logs, nothing more.
+    ("create", "pods"),
+    ("get", "pods"),
+    ("list", "pods"),
+    ("watch", "pods"),
+    ("delete", "pods"),
+    ("get", "pods/log"),
 ]
 DENIED = [
     ("create", "agentruns.agentrun.dev"),
@@ -226,7 +234,11 @@ DENIED = [
     ("watch", "secrets"),
     ("delete", "secrets"),
     ("get", "configmaps"),
-    ("create", "pods"),
+    ("update", "pods"),
+    ("patch", "pods"),
+    ("create", "pods/exec"),
+    ("create", "pods/eviction"),
+    ("patch", "pods/status"),
     ("get", "leases.coordination.k8s.io"),
     ("create", "events.events.k8s.io"),
 ]

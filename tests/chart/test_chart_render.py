@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -604,3 +605,37 @@ def test_admission_policy_needs_kubernetes_1_30(helm: helmchart.Helm) -> None:
     assert "admissionPolicy.enabled needs Kubernetes 1.30 or later" in result.stderr
     disabled = [*old, "--set", "admissionPolicy.enabled=false"]
     assert "kind: Deployment" in helm.run(*disabled).stdout
+
+
+def test_runner_pods_get_the_operator_image_and_default_mode(helm: helmchart.Helm) -> None:
+    env = {e["name"]: e.get("value") for e in container_env(helm.render({"image": {"tag": "1.2.3"}}))}
+    assert env["AGENTRUN_DEFAULT_RUNNER_MODE"] == "task"
+    assert env["AGENTRUN_RUNNER_IMAGE"] == "agentrun-operator:1.2.3"
+    assert json.loads(env["AGENTRUN_RUNNER_RESOURCES"])["limits"]["memory"] == "512Mi"
+    chosen = container_env(helm.render({"runner": {"defaultMode": "pod", "image": "mine/runner:2"}}))
+    env = {e["name"]: e.get("value") for e in chosen}
+    assert (env["AGENTRUN_DEFAULT_RUNNER_MODE"], env["AGENTRUN_RUNNER_IMAGE"]) == ("pod", "mine/runner:2")
+
+
+def container_env(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    deployment = helmchart.one(objects, "Deployment")
+    return list(deployment["spec"]["template"]["spec"]["containers"][0]["env"])
+
+
+def test_the_runner_network_policy_allows_only_dns_and_the_model_hosts(helm: helmchart.Helm) -> None:
+    assert not [o for o in helm.render() if o["kind"] == "NetworkPolicy"]  # off by default
+    values = {
+        **NAMESPACED,
+        "runner": {"networkPolicy": {"enabled": True, "modelHosts": [{"cidr": "10.9.0.0/24", "ports": [443]}]}},
+    }
+    policies = [o for o in helm.render(values) if o["kind"] == "NetworkPolicy"]
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["a", "b"]
+    for policy in policies:
+        spec = policy["spec"]
+        assert spec["podSelector"]["matchLabels"]["agentrun.dev/component"] == "runner"
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        assert spec["ingress"] == []
+        dns, model = spec["egress"]
+        assert {port["port"] for port in dns["ports"]} == {53}
+        assert model == {"to": [{"ipBlock": {"cidr": "10.9.0.0/24"}}], "ports": [{"protocol": "TCP", "port": 443}]}
+    assert "needs watchNamespaces" in helm.render_error({"runner": {"networkPolicy": {"enabled": True}}})

@@ -28,7 +28,11 @@ def local(cluster: harness.Cluster) -> localcluster.LocalCluster:
 
 
 def can_i(cluster: harness.Cluster, verb: str, resource: str, *flags: str) -> bool:
-    result = cluster.kubectl("auth", "can-i", verb, resource, "--all-namespaces", *flags, check=False)
+    target = [resource]
+    if "/" in resource:  # a subresource: log, exec
+        parent, subresource = resource.split("/", 1)
+        target = [parent, f"--subresource={subresource}"]
+    result = cluster.kubectl("auth", "can-i", verb, *target, "--all-namespaces", *flags, check=False)
     answer = result.stdout.strip()
     assert answer in ("yes", "no"), result.stderr
     return answer == "yes"
@@ -80,7 +84,10 @@ def test_operator_identity_is_bound_to_exactly_the_chart_roles(
         ("delete", "agentruns.agentrun.dev", True),
         ("create", "agentruns.agentrun.dev", False),
         ("list", "secrets", False),
-        ("create", "pods", False),
+        ("create", "pods", True),
+        ("get", "pods/log", True),
+        ("create", "pods/exec", False),
+        ("patch", "pods", False),
         ("list", "namespaces", False),
         ("create", "validatingadmissionpolicies.admissionregistration.k8s.io", False),
     ],

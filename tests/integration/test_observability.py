@@ -63,7 +63,7 @@ def test_health_endpoint_and_json_logs(
 ) -> None:
     operator = start_operator(namespace, log_format="json")
     assert operator.probe("/healthz") == {"status": "ok"}
-    assert operator.probe("/readyz") == {"ready": True, "active": 0, "queued": 0}
+    assert operator.probe("/readyz") == {"ready": True, "leading": True, "active": 0, "queued": 0}
     cluster.apply(harness.echo_run("logged", "hi"), namespace)
     cluster.wait_phase("logged", namespace)
     lines = [line for line in operator.logs().splitlines() if line.strip()]

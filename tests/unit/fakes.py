@@ -16,7 +16,7 @@ import dataclasses
 import datetime
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from agentrun import settings as settings_module
@@ -279,6 +279,12 @@ class FakeRunStore:
             for body in self._bodies.values()
             if (body.get("status") or {}).get("phase") == models.Phase.RUNNING.value
         ]
+
+    async def finished_runs(self) -> AsyncIterator[ports.RunObject]:
+        for body in list(self._bodies.values()):
+            await asyncio.sleep(0)
+            if (body["metadata"].get("labels") or {}).get(models.FINISHED_LABEL) == "true":
+                yield ports.RunObject.from_body(copy.deepcopy(body))
 
     async def write_status(self, run: ports.RunObject, status: models.AgentRunStatus) -> ports.RunObject:
         await asyncio.sleep(0)

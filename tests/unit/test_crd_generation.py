@@ -158,7 +158,7 @@ def test_spec_defaults_and_required(version: dict[str, Any]) -> None:
     assert "required" not in spec  # composition, or agentRef: a CEL rule says which
     assert "has(self.composition) || has(self.agentRef)" in [rule["rule"] for rule in spec[schema_hints.VALIDATIONS]]
     assert "default" not in spec["properties"]["runner"]  # an Agent's default may apply
-    assert spec["properties"]["runner"]["properties"]["mode"]["default"] == "task"
+    assert "default" not in spec["properties"]["runner"]["properties"]["mode"]  # the operator's default mode applies
     assert spec["properties"]["sessionExit"]["enum"] == ["suspend", "close"]
     assert spec["properties"]["sessionSnapshot"]["nullable"] is True
     layers = spec["properties"]["composition"]["properties"]["layers"]

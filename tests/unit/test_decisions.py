@@ -26,10 +26,14 @@ def run(
     deleting: bool = False,
     cancel: bool = False,
     status: Any = None,
+    pod: bool = False,
 ) -> ports.RunObject:
     wire: dict[str, Any] = {"phase": phase}
     if owner is not None:
-        wire["runner"] = {"mode": "task", "instance": owner}
+        wire["runner"] = {"mode": "pod" if pod else "task", "instance": owner}
+    if pod:
+        started = NOW.isoformat()
+        wire["attempts"] = [{"number": 1, "mode": "pod", "instance": owner, "podName": "a-u-a1", "startTime": started}]
     metadata: dict[str, Any] = {"name": "a", "namespace": "ns", "uid": "u", "resourceVersion": "1"}
     if finalizer:
         metadata["finalizers"] = [models.FINALIZER]
@@ -65,6 +69,38 @@ ROWS = [
     pytest.param(run("Running", owner="other", cancel=True), IDLE, Verb.CANCEL, Cause.REQUESTED, id="cancel-orphan"),
     pytest.param(
         run("Running", owner="other", cancel=True), DRAINING, Verb.WAIT, None, id="cancel-left-to-the-next-leader"
+    ),
+    # running in a Pod: the Pod outlives its operator, so an orphan is adopted, never failed
+    pytest.param(run("Running", owner=ME, pod=True), EXECUTING, Verb.WAIT, None, id="pod-ours-wait"),
+    pytest.param(run("Running", owner="other", pod=True), IDLE, Verb.ADOPT, None, id="pod-orphan-adopt"),
+    pytest.param(run("Running", owner=ME, pod=True), IDLE, Verb.ADOPT, None, id="pod-ours-forgotten-adopt"),
+    pytest.param(
+        run("Running", owner="other", pod=True),
+        STARTING,
+        Verb.ADOPT,
+        None,
+        id="pod-orphan-adopted-during-recovery",
+    ),
+    pytest.param(
+        run("Running", owner="other", pod=True),
+        DRAINING,
+        Verb.WAIT,
+        None,
+        id="pod-orphan-left-to-next-instance-while-draining",
+    ),
+    pytest.param(
+        run("Running", owner="other", pod=True, cancel=True),
+        IDLE,
+        Verb.ADOPT,
+        None,
+        id="pod-orphan-cancelled-adopted-then-stopped",
+    ),
+    pytest.param(
+        run("Running", owner=ME, pod=True, cancel=True),
+        EXECUTING,
+        Verb.STOP,
+        Cause.REQUESTED,
+        id="pod-cancel-ours-stop",
     ),
     # deletion
     pytest.param(

@@ -31,10 +31,30 @@ class Recording:
         return call
 
 
+class RawResponse:
+    """An unparsed aiohttp answer, as kubernetes-asyncio returns it with ``_preload_content=False``."""
+
+    def __init__(self, status: int, body: bytes = b"{}") -> None:
+        self.status = status
+        self.reason = "Created" if status < 300 else "Forbidden"
+        self.body = body
+        self.released = False
+
+    async def read(self) -> bytes:
+        return self.body
+
+    def release(self) -> None:
+        self.released = True
+
+
 CALLS: list[tuple[str, dict[str, Any]]] = []
 BODY = {"metadata": {"name": "a", "namespace": "ns", "uid": "uid-12345678", "resourceVersion": "5"}, "spec": {}}
 SECRET = types.SimpleNamespace(data={"k": "dmFsdWU="}, metadata=types.SimpleNamespace(owner_references=[]))
-RESPONSES: dict[str, Any] = {"read_namespaced_secret": SECRET, "list_namespaced_custom_object": {"items": []}}
+RESPONSES: dict[str, Any] = {
+    "read_namespaced_secret": SECRET,
+    "list_namespaced_custom_object": {"items": []},
+    "create_namespaced_event": RawResponse(201),
+}
 
 
 @pytest.fixture
@@ -81,3 +101,22 @@ async def test_a_secret_the_run_does_not_own_is_never_written(
     with pytest.raises(ports.NotOwned, match="not owned by the AgentRun"):
         await adapter.store_payload(run, "output", "{}")
     assert [name for name, _ in CALLS] == ["read_namespaced_secret"]
+
+
+async def test_an_event_reply_is_released_unparsed_and_an_error_still_counts(
+    adapter: kube_store.KubeRunStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = ports.RunObject.from_body(BODY)
+    accepted = RawResponse(201)
+    await adapter.post_kube_event(run, ports.KubeEventType.NORMAL, "Started", "m", datetime.datetime.now(datetime.UTC))
+    assert CALLS[-1][1]["_preload_content"] is False
+    refused = RawResponse(403, b'{"kind": "Status", "message": "events is forbidden"}')
+    monkeypatch.setitem(RESPONSES, "create_namespaced_event", refused)
+    # A refused Event is logged, never raised: the status is the record.
+    await adapter.post_kube_event(run, ports.KubeEventType.NORMAL, "Started", "m", datetime.datetime.now(datetime.UTC))
+    assert refused.released
+    with pytest.raises(ports.Forbidden, match="events is forbidden"), kube_store.errors.translated("post Event"):
+        await kube_store.errors.checked(refused)  # type: ignore[arg-type]
+    monkeypatch.setitem(RESPONSES, "create_namespaced_event", accepted)
+    await adapter.post_kube_event(run, ports.KubeEventType.NORMAL, "Started", "m", datetime.datetime.now(datetime.UTC))
+    assert accepted.released

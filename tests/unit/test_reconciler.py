@@ -18,7 +18,7 @@ from agentrun.layers import errors
 from agentrun.runtime import decisions, ending, ports, reconciler, runner, transitions
 
 HAPPY_WRITES = [("finalizer", "add"), ("status", "Running"), ("status", "Succeeded"), ("finalizer", "remove")]
-# Heartbeats long enough that none falls inside a test which counts writes.
+# A resync slow enough that none falls inside a test which counts writes.
 QUIET = {"resync_interval_seconds": 5}
 
 
@@ -201,15 +201,26 @@ FAILURES = [
         id="missing-secret",
     ),
     pytest.param(
-        fakes.echo_spec("x", runner={"mode": "pod"}),
-        "InvalidRequest",
-        "runner mode 'pod' is not available in this operator; use mode 'task'",
-        id="pod-mode",
-    ),
-    pytest.param(
         {"composition": {}}, "InvalidRequest", "spec is invalid: composition.layers: Field required", id="bad-spec"
     ),
 ]
+
+
+async def test_a_mode_without_a_runner_fails_after_admission(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, task_runner: runner.TaskRunner
+) -> None:
+    sched = make_reconciler(runner.ModeRunner({models.RunnerMode.TASK: task_runner}))
+    await sched.recover()
+    run_store.add("pod", fakes.echo_spec("x", runner={"mode": "pod"}))
+
+    status = await finished(run_store, "pod")
+
+    message = "runner mode 'pod' is not available in this operator"
+    assert (status.phase, status.reason, status.message) == (models.Phase.FAILED, "InvalidRequest", message)
+    # The attempt named its Pod when it was recorded, before anything executed.
+    uid = run_store.object("pod").ref.uid
+    assert status.attempts[0].pod_name == models.runner_pod_name("pod", uid, 1)
+    assert status.attempts[0].mode is models.RunnerMode.POD
 
 
 @pytest.mark.parametrize(("spec", "reason", "message"), FAILURES)
@@ -1050,6 +1061,24 @@ async def test_finished_runs_of_before_a_restart_expire_from_their_completion_ti
     sched.expiry.schedule(run_store.object("old").ref, clock())  # the timer's wake-up, without waiting for it
     await fakes.eventually(lambda: not run_store.exists("old"), what="the expired run to be deleted")
     assert run_store.writes_of("old") == [("delete", "")]
+
+
+async def test_a_new_leader_finds_the_finished_runs_to_expire_by_listing_them(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore
+) -> None:
+    # Finished runs are not watched: only the listing of runs labelled finished finds them.
+    done = models.AgentRunStatus(phase=models.Phase.SUCCEEDED, reason="Succeeded", completion_time=NOW)
+    run_store.add("kept", status=done)
+    run_store.add("expiring", fakes.echo_spec(ttlSecondsAfterFinished=60), status=done)
+    run_store.add("unlabelled", fakes.echo_spec(ttlSecondsAfterFinished=60), status=done)
+    for name in ("kept", "expiring"):
+        run_store._bodies["ns", name]["metadata"]["labels"] = {models.FINISHED_LABEL: "true"}
+    sched = make_reconciler(clock=fakes.Clock(NOW + datetime.timedelta(seconds=61)), **QUIET)
+
+    assert await sched.expiry.sweep() == 1  # "expiring"; "kept" has no time to live
+    sched.start()
+    await fakes.eventually(lambda: not run_store.exists("expiring"), what="the expired run to be deleted")
+    assert run_store.exists("kept")
 
 
 @pytest.mark.parametrize(

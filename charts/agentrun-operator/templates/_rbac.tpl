@@ -2,13 +2,13 @@
 The operator's permissions: exactly the API calls it makes, with explicit verbs.
 "agentrun-operator.rules" apply where runs are watched (cluster-wide, or in each watched
 namespace); "agentrun-operator.leaseRules" only in the release namespace, where the
-replicas elect their leader on one Lease. Nothing for pods, configmaps, namespaces or
-CRDs, and no Lease anywhere else: runs execute inside the operator process, kopf runs
-standalone (no peering objects), and the operator does not discover CRDs or namespaces
-at run time. See README.md, "RBAC".
+replicas elect their leader on one Lease. Pods only for pod mode's runner Pods; nothing
+for configmaps, namespaces or CRDs, and no Lease anywhere else: kopf runs standalone (no
+peering objects), and the operator does not discover CRDs or namespaces at run time.
+See README.md, "RBAC".
 */}}
 {{- define "agentrun-operator.rules" -}}
-# Watch AgentRuns (kopf list + watch), re-read one before a guarded write (get), add or
+# Watch AgentRuns (the operator's own list + watch), re-read one before a guarded write (get), add or
 # remove the agentrun.dev/finalizer while a run is active (patch), and delete finished runs
 # whose ttlSecondsAfterFinished has passed (delete, with a uid precondition).
 - apiGroups: ["agentrun.dev"]
@@ -41,6 +41,16 @@ at run time. See README.md, "RBAC".
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create", "patch"]
+# Pod mode: create each attempt's runner Pod, read its state by name (get), and delete it
+# when its run is cancelled, deleted or past its deadline. list and watch are the verbs a
+# Pod watch needs; today the operator reads its Pods by name only. The runner's input is a Secret owned by the run (secrets create/patch above).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+# Pod mode: follow a runner Pod's log for its progress events and its result.
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
 # Post Kubernetes Events about runs (Started, Succeeded, Failed, ...) for `kubectl describe`;
 # create only: every Event gets a fresh generated name, none is ever updated.
 - apiGroups: [""]

@@ -181,6 +181,9 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], *, keep_defaults: bo
         out["properties"] = {
             key: _structural(value, defs, keep_defaults=keep_defaults) for key, value in node["properties"].items()
         }
+    elif out.get("type") == "object" and isinstance(node.get("additionalProperties"), dict):
+        # A map of one value type (labels, resource quantities): structural as it is.
+        out["additionalProperties"] = _structural(node["additionalProperties"], defs, keep_defaults=keep_defaults)
     elif out.get("type") == "object":
         raise SchemaError(f"object without properties must be marked open: {node!r}")
     if "items" in node:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import re
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -41,6 +42,21 @@ RUN_UID_LABEL = f"{GROUP}/run-uid"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
 FINISHED_LABEL = f"{GROUP}/finished"
 """Set (to ``"true"``) on a run the operator has finished with: it is no longer watched."""
+
+MAX_POD_NAME = 63
+
+
+def runner_pod_name(run_name: str, run_uid: str, attempt: int) -> str:
+    """The runner Pod of one attempt: ``<run>-<uid prefix>-a<N>``, DNS-safe and at most 63 characters.
+
+    The uid prefix tells the Pods of a re-created namesake apart; the same inputs always give
+    the same name, so creating the Pod is idempotent.
+    """
+    suffix = f"-{run_uid[:5].lower()}-a{attempt}" if run_uid else f"-a{attempt}"
+    label = re.sub(r"[^a-z0-9-]", "-", run_name.lower())  # a run's name may hold dots; a Pod's label may not
+    stem = label[: MAX_POD_NAME - len(suffix)].strip("-")
+    return f"{stem}{suffix}"
+
 
 # Layer names with a fixed role in every composition.
 MODEL_LAYER = "llm"
@@ -243,12 +259,68 @@ class Limits(ApiModel):
     max_tool_calls: int | None = pydantic.Field(None, ge=0, description="Successful tool calls, at most.")
 
 
-class RunnerSpec(ApiModel):
-    """How the run is executed."""
+class ResourceRequirements(ApiModel):
+    """CPU and memory of a runner Pod's container, as Kubernetes quantities."""
 
-    mode: RunnerMode = pydantic.Field(
-        RunnerMode.TASK,
-        description="`task` runs the agent inside the operator; `pod` runs each attempt in its own Pod.",
+    requests: dict[str, str] | None = pydantic.Field(
+        None, description="What the scheduler reserves, as quantity strings, such as `{cpu: 100m, memory: 128Mi}`."
+    )
+    limits: dict[str, str] | None = pydantic.Field(
+        None, description="Upper bounds; the container is OOM-killed above its memory limit."
+    )
+
+
+class Toleration(ApiModel):
+    """A core/v1 Toleration: lets the runner Pod schedule onto nodes with a matching taint."""
+
+    key: str | None = pydantic.Field(None, description="Taint key; empty with `Exists` matches every taint.")
+    operator: Literal["Exists", "Equal"] | None = pydantic.Field(None, description="`Equal` (default) or `Exists`.")
+    value: str | None = pydantic.Field(None, description="Taint value, with `Equal`.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = pydantic.Field(
+        None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = pydantic.Field(None, description="With `NoExecute`: how long the Pod stays.")
+
+
+class RunnerSpec(ApiModel):
+    """How the run is executed; the Pod fields apply to `pod` mode only."""
+
+    mode: RunnerMode | None = pydantic.Field(
+        None,
+        description=(
+            "`task` runs the agent inside the operator; `pod` runs each attempt in its own Pod. "
+            "Default: the operator's default mode (the chart's `runner.defaultMode`)."
+        ),
+    )
+    image: str | None = pydantic.Field(
+        None,
+        max_length=1024,
+        description="Image of the runner Pod. Default: the operator's own image (the chart's `runner.image`).",
+    )
+    resources: ResourceRequirements | None = pydantic.Field(
+        None, description="CPU and memory of the runner Pod. Default: the chart's `runner.resources`."
+    )
+    runtime_class_name: str | None = pydantic.Field(
+        None,
+        max_length=253,
+        description=(
+            "RuntimeClass of the runner Pod (gVisor, Kata, ...). When it does not exist the run fails with "
+            "`IsolationUnavailable`; it never falls back to the default runtime."
+        ),
+    )
+    node_selector: dict[str, str] | None = pydantic.Field(
+        None, description="Node labels the runner Pod must be scheduled onto."
+    )
+    tolerations: list[Toleration] | None = pydantic.Field(
+        None, max_length=32, description="Taints the runner Pod tolerates."
+    )
+    service_account_name: str | None = pydantic.Field(
+        None,
+        max_length=253,
+        description=(
+            "ServiceAccount of the runner Pod, for workload identity. Its token is still not mounted. "
+            "Default: the namespace's `default` ServiceAccount, without a token."
+        ),
     )
 
 
@@ -342,7 +414,11 @@ class AgentRunSpec(ApiModel):
     @property
     def mode(self) -> RunnerMode:
         """Where the run executes: ``runner.mode``, or ``task``."""
-        return self.runner.mode if self.runner is not None else RunnerMode.TASK
+        return self.mode_or(RunnerMode.TASK)
+
+    def mode_or(self, default: RunnerMode) -> RunnerMode:
+        """Where the run executes: ``runner.mode``, or the operator's ``default``."""
+        return self.runner.mode if self.runner is not None and self.runner.mode is not None else default
 
 
 # --- Agent ------------------------------------------------------------------------
@@ -448,6 +524,11 @@ class Reason(enum.StrEnum):
     OPERATOR_SHUTDOWN = "OperatorShutdown"
     OPERATOR_RESTARTED = "OperatorRestarted"
     POD_FAILED = "PodFailed"
+    """The runner Pod ended without a result: OOMKilled, evicted, its node lost, or a non-zero exit."""
+    ISOLATION_UNAVAILABLE = "IsolationUnavailable"
+    """The run asks for a RuntimeClass that does not exist; it never runs without the isolation it asked for."""
+    IMAGE_UNAVAILABLE = "ImageUnavailable"
+    """The runner Pod's image cannot be pulled; the message names the image."""
     BUDGET_EXCEEDED = "BudgetExceeded"
     THREAD_BUSY = "ThreadBusy"
     INTERRUPTED = "Interrupted"
@@ -553,6 +634,14 @@ class Attempt(StatusModel):
     mode: RunnerMode = pydantic.Field(description="Where this attempt executes.")
     instance: str = pydantic.Field(description="The operator instance that started this attempt.")
     pod_name: str | None = pydantic.Field(None, description="The runner Pod of a pod-mode attempt.")
+    runner_events: int | None = pydantic.Field(
+        None,
+        ge=0,
+        description=(
+            "Pod mode: how many of the runner's progress events of this attempt are recorded; "
+            "an operator that adopts the attempt resumes after them."
+        ),
+    )
     start_time: Timestamp = pydantic.Field(description="When the attempt was recorded as started.")
     completion_time: Timestamp | None = pydantic.Field(None, description="When the attempt ended.")
     reason: str | None = pydantic.Field(None, description="How the attempt ended, as a run reason.")

@@ -126,11 +126,11 @@ class KubeRunStore:
             )
         return agent_object(body)
 
-    async def _pages(self, namespace: str | None) -> AsyncIterator[dict[str, Any]]:
+    async def _pages(self, namespace: str | None, *, finished: bool = False) -> AsyncIterator[dict[str, Any]]:
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {
-                "label_selector": f"!{models.FINISHED_LABEL}",
+                "label_selector": f"{models.FINISHED_LABEL}=true" if finished else f"!{models.FINISHED_LABEL}",
                 "limit": LIST_PAGE,
                 "_request_timeout": self._timeout,
             }
@@ -160,6 +160,12 @@ class KubeRunStore:
                 if (item.get("status") or {}).get("phase") == models.Phase.RUNNING.value:
                     running.append(ports.RunObject.from_body(item))
         return running
+
+    async def finished_runs(self) -> AsyncIterator[ports.RunObject]:
+        scopes: list[str | None] = [*self._namespaces] or [None]
+        for namespace in scopes:
+            async for item in self._pages(namespace, finished=True):
+                yield ports.RunObject.from_body(item)
 
     async def write_status(self, run: ports.RunObject, status: models.AgentRunStatus) -> ports.RunObject:
         with errors.translated(f"write status of AgentRun {run.ref}"):
@@ -217,6 +223,19 @@ class KubeRunStore:
             run.ref.namespace, name, f"{purpose}.json", payload, owner, child_labels(run),
             what=f"store {purpose} of AgentRun {run.ref}",
         )  # fmt: skip
+
+    async def put_run_secret(self, run: ports.RunObject, name: str, key: str, payload: str) -> None:
+        """A Secret owned by the run (a runner Pod's input); someone else's Secret of that name is left alone."""
+        owner = Owner(models.KIND, run.ref.name, run.ref.uid)
+        await self._put_owned_secret(
+            run.ref.namespace,
+            name,
+            key,
+            payload,
+            owner,
+            child_labels(run),
+            what=f"store the input of AgentRun {run.ref}",
+        )
 
     async def store_thread_history(self, thread: ports.ThreadObject, payload: str) -> models.ContentRef:
         suffix = f"-history-{thread.uid[:8]}"
@@ -333,7 +352,12 @@ class KubeRunStore:
         }
         try:
             with errors.translated(f"post Event {reason} for AgentRun {run.ref}"):
-                await self._core.create_namespaced_event(run.ref.namespace, event, _request_timeout=self._timeout)
+                # The stored Event is not needed: building client models from the reply (every
+                # timestamp parsed with dateutil) costs a burst a few percent of its CPU.
+                response = await self._core.create_namespaced_event(
+                    run.ref.namespace, event, _request_timeout=self._timeout, _preload_content=False
+                )
+                (await errors.checked(response)).release()
         except ports.ApiError as error:
             # Events are a courtesy to people running `kubectl describe`; the status is the record.
             logger.warning("%s", error)

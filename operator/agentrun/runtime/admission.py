@@ -87,10 +87,19 @@ async def admit(
     agent = held.status.agent or await agent_record(svc, held)
     spec = held.spec
     effective = models.resolve(spec, agent.spec if agent else None) if spec else None
-    runner = models.RunnerStatus(mode=effective.mode if effective else models.RunnerMode.TASK, instance=svc.instance)
+    mode = effective.mode_or(svc.settings.default_runner_mode) if effective else models.RunnerMode.TASK
+    runner = models.RunnerStatus(mode=mode, instance=svc.instance)
     attempt = len(held.status.attempts) + 1
+    # A Pod is named in the ledger before it exists: whoever follows the attempt later finds it by this name.
+    pod_name = models.runner_pod_name(held.ref.name, held.ref.uid, attempt) if mode is models.RunnerMode.POD else None
     start = functools.partial(
-        changes.admit, runner=runner, agent=agent, thread_turn=thread_turn, now=svc.clock(), ring_size=svc.ring_size
+        changes.admit,
+        runner=runner,
+        agent=agent,
+        thread_turn=thread_turn,
+        pod_name=pod_name,
+        now=svc.clock(),
+        ring_size=svc.ring_size,
     )
     written = await svc.writer.write_status(held, start, what="admit", deadline=deadline)
     if written is None:

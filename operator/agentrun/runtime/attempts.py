@@ -25,6 +25,9 @@ from agentrun.runtime import changes, decisions, ending, ports, progress, servic
 
 logger = logging.getLogger(__name__)
 
+POD_STOP_SECONDS = 45.0
+"""How long a stopped Pod may take to flush and end before the operator stops waiting for it."""
+
 
 def remaining_seconds(run: ports.RunObject, default: float, now: datetime.datetime) -> float:
     """Time left before the run's deadline, counted from its ``startTime`` across attempts."""
@@ -49,11 +52,25 @@ class AttemptDriver:
     def ref(self) -> ports.RunRef:
         return self.run.ref
 
+    @property
+    def in_pod(self) -> bool:
+        """The attempt runs in its own Pod, which outlives this process."""
+        return self.run.status.mode is models.RunnerMode.POD
+
     def stop(self, cause: decisions.StopCause) -> None:
-        """End the attempt early. The first cause wins; the driver records it."""
+        """End the attempt early. The first cause wins; the driver records it.
+
+        A Pod is asked to stop (SIGTERM, so the runner flushes what it has) and the work ends
+        once the Pod has; it is cancelled outright if that takes longer than ``POD_STOP_SECONDS``.
+        """
         if self.stop_cause is None:
             self.stop_cause = cause
-        if self._work is not None:
+        self.sink.stop_requested.set()
+        if self._work is None or self._work.done():
+            return
+        if self.in_pod:
+            asyncio.get_running_loop().call_later(POD_STOP_SECONDS, self._work.cancel)
+        else:
             self._work.cancel()
 
     async def execute(self) -> transitions.Ending:
@@ -83,6 +100,7 @@ class AttemptDriver:
                     deadline_hit = scope.expired()
         except TimeoutError:
             if deadline_hit:
+                self.sink.stop_requested.set()  # a Pod is deleted, not left running to its own deadline
                 self._work.cancel()
                 return transitions.failure(
                     models.Reason.DEADLINE_EXCEEDED, f"run exceeded its deadline of {limit:g} seconds"

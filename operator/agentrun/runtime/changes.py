@@ -25,6 +25,7 @@ def admit(
     ring_size: int,
     agent: models.AgentRecord | None = None,
     thread_turn: int | None = None,
+    pod_name: str | None = None,
 ) -> models.AgentRunStatus | None:
     """``Running`` with the next attempt recorded, if the run still waits for admission."""
     if current.deleting or current.cancel_requested or not current.phase_readable:
@@ -39,6 +40,7 @@ def admit(
         runner=runner,
         agent=agent,
         thread_turn=thread_turn,
+        pod_name=pod_name,
         generation=current.generation,
         now=now,
         ring_size=ring_size,
@@ -72,7 +74,7 @@ def progress(
     """Coalesced progress, while this instance's attempt is the running one."""
     if current.status.phase is not models.Phase.RUNNING:
         return None
-    if not transitions.started_by(current.status, instance=instance, attempt=attempt):
+    if not transitions.driven_by(current.status, instance=instance, attempt=attempt):
         return None
     return transitions.progressed(current.status, events, now=now, ring_size=ring_size)
 
@@ -99,7 +101,7 @@ def end(
     if attempt is not None and instance is not None:
         if current.status.phase is not models.Phase.RUNNING:
             return None
-        if not transitions.started_by(current.status, instance=instance, attempt=attempt):
+        if not transitions.driven_by(current.status, instance=instance, attempt=attempt):
             return None
     if retry_at is not None:
         return transitions.retrying(
@@ -140,3 +142,20 @@ def fail_orphan(
             status, ending, at=retry_at, generation=current.generation, now=now, ring_size=ring_size
         )
     return transitions.ended(status, ending, generation=current.generation, now=now, ring_size=ring_size)
+
+
+def adopt(current: ports.RunObject, *, seen: models.AgentRunStatus, instance: str) -> models.AgentRunStatus | None:
+    """Take over a pod-mode attempt whose owner is gone, if nothing has moved since it was judged orphaned.
+
+    As with :func:`fail_orphan`, another owner or a newer attempt since means someone else took it.
+    A reply lost after the write applied is recognised on re-read: the run is then already ours.
+    """
+    status = current.status
+    if status.phase is not models.Phase.RUNNING or not current.phase_readable:
+        return None
+    last = status.last_attempt
+    if last is None or last.mode is not models.RunnerMode.POD or last.pod_name is None:
+        return None
+    if status.runner != seen.runner or status.last_attempt != seen.last_attempt:
+        return None
+    return transitions.adopted(status, instance=instance)

@@ -58,6 +58,8 @@ class Verb(enum.StrEnum):
     """This instance executes the run and must stop it for ``cause``."""
     CANCEL = "cancel"
     """Record the run's end for ``cause`` without executing anything, then let go."""
+    ADOPT = "adopt"
+    """Running in a Pod whose owner is gone: record this instance as the owner, then follow the Pod."""
     FAIL_ORPHAN = "fail-orphan"
     """Running, but its owner is gone: record OperatorRestarted, then let go."""
     RELEASE = "release"
@@ -125,6 +127,8 @@ def decide(run: ports.RunObject, observed: Observed, now: datetime.datetime) -> 
             return WAIT
         if phase is models.Phase.RUNNING and owner_alive(run, observed):
             return WAIT  # its owner sees the same request and stops it
+        if phase is models.Phase.RUNNING and in_pod(run):
+            return Action(Verb.ADOPT)  # then stopped as its owner: the Pod flushes and is deleted
         return Action(Verb.CANCEL, StopCause.REQUESTED)
 
     if phase is models.Phase.RUNNING:
@@ -132,6 +136,8 @@ def decide(run: ports.RunObject, observed: Observed, now: datetime.datetime) -> 
             return WAIT
         if owner_alive(run, observed):
             return WAIT
+        if in_pod(run):
+            return WAIT if observed.draining else Action(Verb.ADOPT)
         return Action(Verb.FAIL_ORPHAN)
 
     # Pending
@@ -141,6 +147,17 @@ def decide(run: ports.RunObject, observed: Observed, now: datetime.datetime) -> 
     if retry_at is not None and retry_at > now:
         return Action(Verb.WAIT, at=retry_at)
     return Action(Verb.ADMIT) if observed.slot_free else Action(Verb.QUEUE)
+
+
+def in_pod(run: ports.RunObject) -> bool:
+    """The run's current attempt executes in a named Pod, which outlives the operator that created it."""
+    last = run.status.last_attempt
+    return (
+        last is not None
+        and last.mode is models.RunnerMode.POD
+        and last.pod_name is not None
+        and last.completion_time is None
+    )
 
 
 def deadline_seconds(run: ports.RunObject, default: float) -> float:

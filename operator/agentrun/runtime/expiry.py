@@ -5,7 +5,9 @@ is not kept. Expired runs are deleted by a few workers at a time (a uid
 precondition guards against deleting a namesake), so that thousands expiring
 together never take the connection pool or the event loop from runs that execute.
 The expiry time is computed from ``completionTime`` in the status, so it survives
-operator restarts.
+operator restarts: finished runs are not watched (see :mod:`agentrun.kube.watch`), so
+a new leader lists them once, page by page, and again every hour, keeping only the
+expiry time of those that have one.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import datetime
 import heapq
 import logging
 
-from agentrun.runtime import ports, services
+from agentrun.runtime import decisions, ports, services
 
 logger = logging.getLogger(__name__)
 
 CONCURRENT_DELETIONS = 4
 """Deletions in flight at once."""
+SWEEP_INTERVAL_SECONDS = 3600.0
+"""How often finished runs are listed again (runs this leader finishes are scheduled as they finish)."""
 
 
 class Expiry:
@@ -46,6 +50,29 @@ class Expiry:
 
     def forget(self, ref: ports.RunRef) -> None:
         self._due.pop(ref, None)
+
+    async def sweep(self) -> int:
+        """Schedule every finished run that has a time to live; how many were found."""
+        seconds = self.svc.settings.default_ttl_seconds_after_finished
+        default_ttl = None if seconds is None else datetime.timedelta(seconds=seconds)
+        found = 0
+        async for run in self.svc.api.finished_runs():
+            at = decisions.expires_at(run, default_ttl)
+            if at is not None:
+                self.schedule(run.ref, at)
+                found += 1
+        return found
+
+    async def sweep_periodically(self) -> None:
+        """:meth:`sweep` now and every hour, until cancelled; a failed listing is retried sooner."""
+        while True:
+            try:
+                found = await self.sweep()
+                logger.info("%d finished runs with a time to live are scheduled for deletion", found)
+                await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+            except ports.ApiError as error:
+                logger.warning("could not list finished runs for their expiry, will retry: %s", error)
+                await asyncio.sleep(30)
 
     async def run(self) -> None:
         """Delete runs as they fall due, a few at a time, until cancelled."""

@@ -10,7 +10,7 @@ import dataclasses
 import datetime
 import enum
 import functools
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 import pydantic
@@ -240,6 +240,9 @@ class RunApi(Protocol):
     async def list_running(self) -> list[RunObject]:
         """Every watched run whose phase is Running (for orphan recovery)."""
 
+    def finished_runs(self) -> AsyncIterator[RunObject]:
+        """The watched runs labelled finished, page by page (for their expiry; they are not watched)."""
+
     async def write_status(self, run: RunObject, status: models.AgentRunStatus) -> RunObject:
         """Patch the fields the operator owns if the object is still at ``run.resource_version``; raises Conflict."""
 
@@ -262,3 +265,59 @@ class RunApi(Protocol):
         self, run: RunObject, event_type: KubeEventType, reason: str, message: str, now: datetime.datetime
     ) -> None:
         """Post a Kubernetes Event about the run (best effort)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ContainerState:
+    """The runner container of a Pod, as the kubelet reports it."""
+
+    waiting_reason: str | None = None
+    waiting_message: str | None = None
+    running: bool = False
+    exit_code: int | None = None
+    """Set once the container has terminated."""
+    terminated_reason: str | None = None
+    """``Completed``, ``Error``, ``OOMKilled``, ..."""
+    termination_message: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PodState:
+    """What the operator reads about a runner Pod."""
+
+    phase: str
+    reason: str | None = None
+    """The Pod's own reason: ``Evicted``, ``DeadlineExceeded``, ``NodeLost``, ..."""
+    message: str | None = None
+    deleting: bool = False
+    unschedulable: str | None = None
+    """The scheduler's message while the Pod cannot be scheduled."""
+    disruption: str | None = None
+    """Why the Pod is being disrupted (its ``DisruptionTarget`` condition): eviction, preemption, node loss."""
+    container: ContainerState = dataclasses.field(default_factory=ContainerState)
+
+    @property
+    def ended(self) -> bool:
+        return self.phase in ("Succeeded", "Failed") or self.container.exit_code is not None
+
+
+class PodApi(Protocol):
+    """The runner Pods and their input, for the pod runner."""
+
+    async def put_run_secret(self, run: RunObject, name: str, key: str, payload: str) -> None:
+        """Create (or update) a Secret owned by the run; raises NotOwned when someone else's has that name."""
+
+    async def create_pod(self, manifest: Mapping[str, Any]) -> None:
+        """Create a Pod; raises Conflict when one of that name exists, Forbidden when admission refuses it."""
+
+    async def read_pod(self, namespace: str, name: str) -> PodState:
+        """The Pod's state; raises NotFound."""
+
+    async def pod_owner_uid(self, namespace: str, name: str) -> str | None:
+        """The uid of the Pod's controlling owner; raises NotFound."""
+
+    async def delete_pod(self, namespace: str, name: str, *, grace_seconds: int) -> None:
+        """Delete the Pod with a grace period (its container gets SIGTERM); a missing Pod is fine."""
+
+    def pod_log(self, namespace: str, name: str) -> AsyncIterator[str]:
+        """The runner container's log from its start, line by line, following it until the container ends."""

@@ -19,16 +19,22 @@ class ProgressSink:
         self._clock = clock
         self.pending: list[transitions.PendingEvent] = []
         self.arrived = asyncio.Event()
+        self.stop_requested = asyncio.Event()
+        """Set when the attempt is stopped (cancel, delete): a runner that can end its work
+        gracefully (a Pod that flushes on SIGTERM) does so, then raises CancelledError."""
         self._last: datetime.datetime | None = None
 
     def emit(self, event_type: str, data: dict[str, Any]) -> None:
+        self.emit_at(event_type, data, at=self._clock())
+
+    def emit_at(self, event_type: str, data: dict[str, Any], *, at: datetime.datetime, seq: int | None = None) -> None:
+        """An event that happened at ``at``; ``seq`` is a pod runner's own number for it."""
         # Strictly increasing times make (type, time) identify an event, so a retried write
         # never records the same event twice (see transitions.with_events).
-        now = self._clock()
-        if self._last is not None and now <= self._last:
-            now = self._last + datetime.timedelta(microseconds=1)
-        self._last = now
-        self.pending.append(transitions.PendingEvent(event_type, now, data or None))
+        if self._last is not None and at <= self._last:
+            at = self._last + datetime.timedelta(microseconds=1)
+        self._last = at
+        self.pending.append(transitions.PendingEvent(event_type, at, data or None, runner_seq=seq))
         self.arrived.set()
 
     def taken(self, count: int) -> None:

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import dataclasses
 import datetime
+import functools
 import logging
 import time
 from collections.abc import Coroutine
@@ -28,6 +29,7 @@ from agentrun.api import models
 from agentrun.runtime import (
     admission,
     attempts,
+    changes,
     decisions,
     ending,
     expiry,
@@ -110,6 +112,7 @@ class Reconciler:
     def start(self) -> None:
         """Start the background work that is not driven by notifications (expiry of finished runs)."""
         self.svc.supervisor.keep_running(self.expiry.run, what="expiry of finished runs")
+        self.svc.supervisor.keep_running(self.expiry.sweep_periodically, what="listing of finished runs to expire")
 
     def observe(self, run: ports.RunObject) -> None:
         """A newer copy of ``run`` is known. Idempotent; never blocks."""
@@ -201,7 +204,9 @@ class Reconciler:
             assert entry.driver is not None
             entry.driver.write_deadline = deadline
         logger.info("draining %d active runs, grace %.1fs", len(executing), grace)
+        self._detach_pods(executing)
         await self._wait_for(executing, stop_at)
+        self._detach_pods(executing)
         for entry in executing:
             if entry.driver is not None:
                 entry.driver.stop(decisions.StopCause.SHUTDOWN)
@@ -210,6 +215,15 @@ class Reconciler:
             if entry.busy:
                 logger.error("AgentRun %s: final status not recorded before the shutdown deadline", entry.run.ref)
                 assert entry.task is not None
+                entry.task.cancel()
+
+    def _detach_pods(self, entries: list[Entry]) -> None:
+        """Stop following runs that execute in Pods, without a write: their Pods keep running.
+
+        The next operator instance adopts them (see ``decisions.Verb.ADOPT``).
+        """
+        for entry in entries:
+            if entry.driver is not None and entry.driver.in_pod and entry.task is not None:
                 entry.task.cancel()
 
     async def settle(self) -> None:
@@ -283,6 +297,12 @@ class Reconciler:
                 self._start(
                     entry, ending.conclude(self.svc, run, action.cause.ending()), what="record the cancellation"
                 )
+            case decisions.Verb.ADOPT:
+                self._line.take(run.ref)  # an adopted Pod runs already: it never waits for a slot
+                last = run.status.last_attempt
+                assert last is not None
+                entry.driver = attempts.AttemptDriver(self.svc, run, last.number)
+                self._start(entry, self._adopt(entry), what="adopt the run's Pod")
             case decisions.Verb.FAIL_ORPHAN:
                 self._start(entry, self._fail_orphan(run), what="fail the orphaned run")
             case decisions.Verb.RELEASE:
@@ -380,6 +400,27 @@ class Reconciler:
             return None
         driver.run = admitted.run
         driver.number = admitted.attempt
+        return await self._drive(entry, driver)
+
+    async def _adopt(self, entry: Entry) -> ports.RunObject | None:
+        """Become the owner of a pod-mode attempt whose owner is gone, then follow its Pod to the end."""
+        driver = entry.driver
+        assert driver is not None
+        run = entry.run
+        change = functools.partial(changes.adopt, seen=run.status, instance=self.svc.instance)
+        written = await self.svc.writer.write_status(run, change, what="adopt the run", deadline=driver.write_deadline)
+        if written is None:
+            return None
+        ours = transitions.driven_by(written.run.status, instance=self.svc.instance, attempt=driver.number)
+        if not ours or written.run.status.phase is not models.Phase.RUNNING:
+            entry.dirty = True  # its owner is alive after all, or the run moved on: decide again
+            return written.run
+        logger.info("AgentRun %s: adopted attempt %d and its Pod", run.ref, driver.number)
+        driver.run = written.run
+        return await self._drive(entry, driver)
+
+    async def _drive(self, entry: Entry, driver: attempts.AttemptDriver) -> ports.RunObject | None:
+        """Execute the attempt, then record how it ended."""
         try:
             end = await driver.execute()
         except asyncio.CancelledError:

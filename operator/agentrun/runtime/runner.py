@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Mapping
 from typing import Protocol
 
 import pydantic
@@ -36,6 +37,20 @@ def effective_limits(asked: models.Limits | None, ceiling: models.Limits | None)
     return models.Limits(**merged)
 
 
+class ModeRunner:
+    """Sends each attempt to the runner of the mode its run was admitted with (``status.runner.mode``)."""
+
+    def __init__(self, runners: Mapping[models.RunnerMode, Runner]) -> None:
+        self._runners = dict(runners)
+
+    async def execute(self, run: ports.RunObject, sink: progress.ProgressSink) -> compositor.CompositionResult:
+        mode = run.status.mode
+        found = self._runners.get(mode)
+        if found is None:
+            raise errors.InvalidRequest(f"runner mode '{mode.value}' is not available in this operator")
+        return await found.execute(run, sink)
+
+
 class TaskRunner:
     """Runs the composition inside the operator process."""
 
@@ -47,6 +62,15 @@ class TaskRunner:
         self._ceiling = ceiling
 
     async def execute(self, run: ports.RunObject, sink: progress.ProgressSink) -> compositor.CompositionResult:
+        spec = await self.resolved_spec(run)
+        context = base.RunContext(namespace=run.ref.namespace, read_secret=self.secret_reader(run.ref.namespace))
+        return await compositor.run(spec, self._registry, context, sink.emit)
+
+    async def resolved_spec(self, run: ports.RunObject) -> models.AgentRunSpec:
+        """What the agent runs: the Agent applied, the session to continue read in, limits under the ceiling.
+
+        Raises ``RunFailure`` when the request cannot run (a missing Agent, thread or snapshot).
+        """
         spec = run.effective_spec
         if spec is None:
             raise errors.InvalidRequest(run.spec_error or "spec is missing")
@@ -57,21 +81,16 @@ class TaskRunner:
             )
         if spec.composition is None:
             raise errors.InvalidRequest("the run has no composition: set spec.composition or spec.agentRef")
-        if spec.mode is not models.RunnerMode.TASK:
-            raise errors.InvalidRequest(
-                f"runner mode '{spec.mode.value}' is not available in this operator; use mode 'task'"
-            )
-        read_secret = self._secret_reader(run.ref.namespace)
+        read_secret = self.secret_reader(run.ref.namespace)
         if spec.thread_ref is not None:
             spec = spec.model_copy(update={"session_snapshot": await self._thread_history(run, read_secret)})
         if spec.session_snapshot_ref is not None:
             snapshot = await load_snapshot(read_secret, spec.session_snapshot_ref)
-            spec = spec.model_copy(update={"session_snapshot": snapshot})
+            spec = spec.model_copy(update={"session_snapshot": snapshot, "session_snapshot_ref": None})
         limits = effective_limits(spec.limits, self._ceiling)
         if limits != spec.limits:
             spec = spec.model_copy(update={"limits": limits})
-        context = base.RunContext(namespace=run.ref.namespace, read_secret=read_secret)
-        return await compositor.run(spec, self._registry, context, sink.emit)
+        return spec
 
     async def _thread_history(
         self, run: ports.RunObject, read_secret: base.SecretReader
@@ -91,7 +110,8 @@ class TaskRunner:
             return await load_snapshot(read_secret, models.SessionSnapshotRef(name=ref.name, key=ref.key))
         return thread.status.history
 
-    def _secret_reader(self, namespace: str) -> base.SecretReader:
+    def secret_reader(self, namespace: str) -> base.SecretReader:
+        """Reads Secrets of ``namespace`` through the API, failures classified for the run's status."""
         return functools.partial(read_run_secret, self._api, namespace)
 
 

@@ -33,6 +33,8 @@ class PendingEvent:
     type: str
     time: datetime.datetime
     data: dict[str, Any] | None = None
+    runner_seq: int | None = None
+    """A pod runner's own number for the event (1, 2, ... per attempt): what an adopting operator resumes after."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,16 +185,22 @@ def admitted(
     ring_size: int,
     agent: models.AgentRecord | None = None,
     thread_turn: int | None = None,
+    pod_name: str | None = None,
 ) -> models.AgentRunStatus:
     """The operator took the run: ``Running``, ``run_started``, its owner and the attempt.
 
     The Agent a run names is recorded once, with its first attempt; later attempts keep it.
 
-    The attempt is recorded in the same write as the transition, before anything executes.
+    The attempt is recorded in the same write as the transition, before anything executes:
+    a pod-mode attempt names its Pod before the Pod exists.
     """
     _guard(status)
     attempt = models.Attempt(
-        number=len(status.attempts) + 1, mode=runner.mode, instance=runner.instance, start_time=now
+        number=len(status.attempts) + 1,
+        mode=runner.mode,
+        instance=runner.instance,
+        pod_name=pod_name,
+        start_time=now,
     )
     first = not status.attempts
     started = status.model_copy(
@@ -230,6 +238,36 @@ def started_by(status: models.AgentRunStatus, *, instance: str, attempt: int) ->
     return last is not None and last.number == attempt and last.instance == instance
 
 
+def driven_by(status: models.AgentRunStatus, *, instance: str, attempt: int) -> bool:
+    """Whether ``instance`` drives ``attempt`` now: it started the attempt, or adopted it since.
+
+    Ownership is ``status.runner.instance``; the attempt keeps who started it.
+    """
+    last = status.last_attempt
+    owner = status.runner.instance if status.runner else None
+    return last is not None and last.number == attempt and owner == instance
+
+
+def adopted(status: models.AgentRunStatus, *, instance: str) -> models.AgentRunStatus:
+    """A pod-mode attempt whose owner is gone is taken over by ``instance``; its Pod keeps running."""
+    _guard(status)
+    assert status.runner is not None
+    runner = status.runner.model_copy(update={"instance": instance})
+    return status.model_copy(update={"runner": runner})
+
+
+def with_runner_cursor(status: models.AgentRunStatus, events: Iterable[PendingEvent]) -> models.AgentRunStatus:
+    """The last attempt records the highest runner sequence number among ``events`` (pod mode)."""
+    seqs = [event.runner_seq for event in events if event.runner_seq is not None]
+    last = status.last_attempt
+    if not seqs or last is None:
+        return status
+    cursor = max(seqs[-1], last.runner_events or 0)
+    return status.model_copy(
+        update={"attempts": [*status.attempts[:-1], last.model_copy(update={"runner_events": cursor})]}
+    )
+
+
 def progressed(
     status: models.AgentRunStatus,
     events: Iterable[PendingEvent],
@@ -239,7 +277,8 @@ def progressed(
 ) -> models.AgentRunStatus:
     """Progress events appended, in one write."""
     _guard(status)
-    return with_events(status, events, ring_size=ring_size)
+    events = list(events)
+    return with_events(with_runner_cursor(status, events), events, ring_size=ring_size)
 
 
 def ended(

@@ -1,0 +1,1 @@
+"""Pod mode: each attempt of a run executes in its own runner Pod, with no API access."""
