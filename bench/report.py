@@ -280,6 +280,17 @@ def scenario_lines(results: Mapping[str, Any]) -> list[str]:
                 f"{f['seconds_to_first_new_run_admitted_max']} s max after the SIGKILL; "
                 f"{f['lost_runs']} lost, {f['runs_with_duplicate_terminal_events']} with duplicate terminal events."
             )
+    pods = results.get("pod_mode")
+    if pods is not None and not has_figures(pods):
+        lines.append(f"- Pod mode: {why_not(pods)}.")
+    elif pods:
+        lines.append(
+            f"- Pod mode on a real node ({pods['operator']['runs']} runs): {pods['operator']['runs_per_s']} runs/s "
+            f"against {pods['floor']['runs_per_s']} for a client creating the same Pods "
+            f"({_pct(pods.get('throughput_vs_floor'))}); create→Succeeded p50 "
+            f"{pods['operator']['create_to_succeeded_ms']['p50']} ms "
+            f"against {pods['floor']['create_to_succeeded_ms']['p50']}."
+        )
     e = results.get("expiry")
     if e is not None and not has_figures(e):
         lines.append(f"- Expiry: {why_not(e)}.")

@@ -262,6 +262,20 @@ async def main_async(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
     return results
 
 
+def pod_mode_on_a_node(runs: int) -> dict[str, Any]:
+    """bench/pod_mode.py on a cluster of its own with a real node, after the shared control plane is gone."""
+    print(f"bench: pod mode ({runs} runs, on a real node) ...", flush=True)
+    try:
+        import pod_mode  # here: it brings the node tier's modules, which only this scenario needs
+
+        with tempfile.TemporaryDirectory(prefix="agentrun-bench-pods-") as workdir:
+            result = pod_mode.measure(pathlib.Path(workdir), runs)
+    except Exception as error:  # any failure of the scenario: recorded in its place, as step() does
+        result = {"error": f"{type(error).__name__}: {error}"[:2000]}
+    print(f"bench: pod mode: {json.dumps(result)}", flush=True)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke check of a few minutes")
@@ -273,6 +287,13 @@ def main() -> int:
     )
     parser.add_argument(
         "--only", default="", help=f"comma-separated scenarios to run (default all): {','.join(SCENARIOS)}"
+    )
+    parser.add_argument(
+        "--pod-mode",
+        type=int,
+        default=0,
+        metavar="RUNS",
+        help="also run pod_mode.py's pod-mode benchmark with RUNS runs, on a real node (root; one node per machine)",
     )
     parser.add_argument(
         "--baseline",
@@ -290,6 +311,8 @@ def main() -> int:
         plan = dataclasses.replace(plan, burst_sizes=tuple(int(size) for size in args.sizes.split(",")))
     began = time.monotonic()
     results = asyncio.run(main_async(args, plan))
+    if args.pod_mode:
+        results["pod_mode"] = pod_mode_on_a_node(args.pod_mode)
     results["seconds"] = round(time.monotonic() - began, 1)
     results["quick"] = args.quick
     results["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
