@@ -33,12 +33,12 @@ async def _no_secrets(name: str, key: str) -> str:
 
 
 @kopf.on.create(models.GROUP, models.VERSION, models.PLURAL)
-async def run_agent(spec: kopf.Spec, namespace: str, patch: kopf.Patch, **_: Any) -> None:
+async def run_agent(spec: kopf.Spec, namespace: str | None, patch: kopf.Patch, **_: Any) -> None:
     started = _now()
     result = await compositor.run(
         models.AgentRunSpec.model_validate(dict(spec)),
         LAYERS,
-        base.RunContext(namespace=namespace, read_secret=_no_secrets),
+        base.RunContext(namespace=namespace or "", read_secret=_no_secrets),
         lambda event_type, data: None,
     )
     patch.status.update(
