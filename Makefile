@@ -38,6 +38,7 @@ lint: venv
 	$(BIN)/ruff format --check operator tests hack bench
 	$(BIN)/mypy
 	MYPYPATH=hack:tests:tests/node $(BIN)/mypy --strict --follow-imports=silent hack/localnode hack/localcluster.py tests/node
+	MYPYPATH=hack:bench $(BIN)/mypy --strict --follow-imports=silent bench hack/demo.py
 	$(BIN)/lint-imports
 	$(BIN)/agentrun crd --check crds
 	$(BIN)/agentrun crd --check charts/agentrun-operator/files

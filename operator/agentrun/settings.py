@@ -88,10 +88,10 @@ class Settings(pydantic_settings.BaseSettings):
         description="Namespace of the Lease: the operator's own (POD_NAMESPACE), else the first watched one.",
     )
     lease_duration_seconds: float = pydantic.Field(
-        15.0, ge=2, le=300, description="A Lease not renewed for this long, as a standby sees it, is taken over."
+        10.0, ge=2, le=300, description="A Lease not renewed for this long, as a standby sees it, is taken over."
     )
     lease_renew_deadline_seconds: float = pydantic.Field(
-        10.0, gt=0, description="The leader stops (and exits) when it could not renew its Lease for this long."
+        7.0, gt=0, description="The leader stops (and exits) when it could not renew its Lease for this long."
     )
     lease_retry_period_seconds: float = pydantic.Field(
         2.0, gt=0, description="How often the leader renews and standbys check the Lease."

@@ -397,7 +397,7 @@ def test_schema_rejects_bad_values(helm: helmchart.Helm, values: dict[str, Any],
         ),
         (
             {"leaderElection": {"renewDeadlineSeconds": 6, "retryPeriodSeconds": 5}},
-            "got 15 > 6 > 1.2 x 5",
+            "got 10 > 6 > 1.2 x 5",
         ),
         ({"operator": {"metricsPort": 0}}, "metrics.service.enabled needs operator.metricsPort > 0"),
         (

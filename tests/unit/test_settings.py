@@ -41,7 +41,7 @@ def test_defaults_are_consistent() -> None:
     loaded = settings.Settings()
     assert loaded.namespaces == []
     assert loaded.lease_namespace == "default"
-    assert (loaded.lease_duration_seconds, loaded.lease_renew_deadline_seconds) == (15, 10)
+    assert (loaded.lease_duration_seconds, loaded.lease_renew_deadline_seconds) == (10, 7)
     assert loaded.shutdown_grace_seconds <= 20
 
 

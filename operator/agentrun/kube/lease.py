@@ -58,8 +58,8 @@ class Timing:
     operator's settings check it), so that a leader gives up before a standby may take over.
     """
 
-    duration: float = 15.0
-    renew_deadline: float = 10.0
+    duration: float = 10.0
+    renew_deadline: float = 7.0
     retry_period: float = 2.0
 
 
