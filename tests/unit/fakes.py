@@ -99,6 +99,7 @@ class FakeRunStore:
         self._lost_replies = 0
         self._payload_failures: list[ports.ApiError] = []
         self._watchers: list[Watcher] = []
+        self._silenced = False
         self.writes: list[Write] = []
         self.refusals: list[Refusal] = []
         self.events: list[tuple[str, str, str]] = []
@@ -199,6 +200,10 @@ class FakeRunStore:
 
     def unwatch(self, watcher: Watcher) -> None:
         self._watchers.remove(watcher)
+
+    def silence_watch(self) -> None:
+        """From now on changes reach no watcher (as if the stream lagged for ever)."""
+        self._silenced = True
 
     def writes_of(self, name: str) -> list[tuple[str, str]]:
         return [(write.kind, write.detail) for write in self.writes if write.name == name]
@@ -398,7 +403,7 @@ class FakeRunStore:
         snapshot = copy.deepcopy(body)
 
         def deliver() -> None:
-            if watcher in self._watchers:
+            if watcher in self._watchers and not self._silenced:
                 watcher(event_type, ports.RunObject.from_body(snapshot))
 
         loop.call_soon(deliver)

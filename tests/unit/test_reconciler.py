@@ -945,6 +945,23 @@ def unavailable_model() -> errors.ModelError:
     return errors.ModelError("model 'm' returned HTTP 503: overloaded", status_code=503)
 
 
+async def test_a_retry_starts_after_its_backoff_without_waiting_for_a_watch_copy(
+    make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
+) -> None:
+    await started(make_reconciler, **QUIET)  # the resync (5 s) is too slow to pass this test
+    scripted_runner.scripts["a"] = fakes.Script(fail_first=[unavailable_model()])
+    gate = scripted_runner.gate("a")
+    run_store.add("a", fakes.echo_spec(retry={"limit": 1, "backoffSeconds": 0.1}))
+    await fakes.eventually(lambda: phase_of(run_store, "a") is models.Phase.RUNNING, what="a to run")
+    # From here the watch is silent, as when the copy of the retry's write arrived while the
+    # attempt was still finishing: the attempt's own ending must schedule the next one.
+    run_store.silence_watch()
+    gate.set()
+
+    status = await finished(run_store, "a", timeout=2.0)
+    assert [(a.number, a.reason) for a in status.attempts] == [(1, "ModelError"), (2, "Succeeded")]
+
+
 async def test_transient_failures_are_retried_until_the_run_succeeds(
     make_reconciler: fakes.MakeReconciler, run_store: fakes.FakeRunStore, scripted_runner: fakes.ScriptedRunner
 ) -> None:
