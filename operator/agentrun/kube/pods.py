@@ -11,14 +11,13 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
-from agentrun.kube import errors
+from agentrun.kube import errors, streams
 from agentrun.kube import store as kube_store
 from agentrun.runtime import ports
 
 CONTAINER = "runner"
 LOG_READ_TIMEOUT_SECONDS = 60.0
 """A log stream silent this long is reopened (the adapter re-reads the Pod first)."""
-LOG_CHUNK = 64 * 1024
 
 
 def pod_state(pod: Any) -> ports.PodState:
@@ -105,24 +104,20 @@ class KubePodApi:
     async def pod_log(self, namespace: str, name: str) -> AsyncIterator[str]:
         action = f"follow the log of Pod {namespace}/{name}"
         with errors.translated(action):
-            response = await self._core.read_namespaced_pod_log(
-                name,
-                namespace,
-                container=CONTAINER,
-                follow=True,
-                _preload_content=False,
-                _request_timeout=(self._timeout, LOG_READ_TIMEOUT_SECONDS),
+            # Without preloading an error reply comes back as a response: checked, it raises.
+            response = await errors.checked(
+                await self._core.read_namespaced_pod_log(
+                    name,
+                    namespace,
+                    container=CONTAINER,
+                    follow=True,
+                    _preload_content=False,
+                    _request_timeout=(self._timeout, LOG_READ_TIMEOUT_SECONDS),
+                )
             )
         try:
-            buffered = b""
             with errors.translated(action):
-                # Chunks, not readline: a result line may be far longer than aiohttp's line limit.
-                async for chunk in response.content.iter_chunked(LOG_CHUNK):
-                    buffered += chunk
-                    *lines, buffered = buffered.split(b"\n")
-                    for line in lines:
-                        yield line.decode(errors="replace")
-            if buffered:
-                yield buffered.decode(errors="replace")
+                async for line in streams.lines(response.content):
+                    yield line.decode(errors="replace")
         finally:
             response.release()

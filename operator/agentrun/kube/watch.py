@@ -18,13 +18,13 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kubernetes_asyncio import client
 
 from agentrun.api import models
-from agentrun.kube import errors
+from agentrun.kube import errors, streams
 from agentrun.runtime import ports
 
 logger = logging.getLogger(__name__)
@@ -113,8 +113,9 @@ class RunWatch:
         with errors.translated(f"watch AgentRuns in {scope or 'all namespaces'}"):
             response = await errors.checked(await self._call(scope, kwargs, request_timeout=WATCH_SECONDS + 30))
             try:
-                async for event in _lines(response.content):
-                    version = self._dispatch(event, version)
+                async for line in streams.lines(response.content):
+                    if line.strip():
+                        version = self._dispatch(json.loads(line), version)
             finally:
                 response.release()
         return version
@@ -141,19 +142,3 @@ class RunWatch:
         return await self._custom.list_namespaced_custom_object(
             models.GROUP, models.VERSION, scope, models.PLURAL, _request_timeout=request_timeout, **kwargs
         )
-
-
-async def _lines(stream: Any) -> AsyncIterator[dict[str, Any]]:
-    """JSON documents, one per line, of any length (a run's status can be hundreds of KiB)."""
-    partial: list[bytes] = []
-    async for chunk in stream.iter_any():
-        *complete, rest = chunk.split(b"\n")
-        for piece in complete:
-            line = b"".join([*partial, piece])
-            partial.clear()
-            if line.strip():
-                yield json.loads(line)
-        partial.append(rest)
-    tail = b"".join(partial)
-    if tail.strip():
-        yield json.loads(tail)
